@@ -1,0 +1,6 @@
+"""nnflow: a NumPy/CuPy neural-network framework on its own tape-based autodiff."""
+
+from . import ad
+
+__version__ = "0.1.0"
+__all__ = ["ad", "__version__"]

@@ -1,0 +1,390 @@
+"""Tracer: wraps one array and records every NumPy call made on it onto the active tape.
+
+NumPy hands calls on a ``Tracer`` to ``__array_ufunc__`` (ufuncs: ``np.exp``, ``+``) and
+``__array_function__`` (everything else: ``np.sum``, ``np.concatenate``), so unmodified NumPy
+code is traced. Each call is computed at once on the underlying arrays (which may be tracers of
+an enclosing tape: that is how gradients of gradients work) and appended to the tape of the
+innermost tracer among its arguments.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from .errors import NoRuleError, TracerError
+from .registry import decomposition, lookup
+
+__all__ = ["Tracer", "record", "is_floating"]
+
+_FLOAT_KINDS = "fc"
+
+
+def is_floating(value) -> bool:
+    """True when ``value`` has a floating-point (or complex) dtype.
+
+    >>> is_floating(np.ones(2)), is_floating(np.arange(2))
+    (True, False)
+    """
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and dtype.kind in _FLOAT_KINDS
+
+
+def _scan(args, found, tape, prefix):
+    """Collect ``(location, tracer)`` for tracers in ``args`` (lists/tuples searched too)."""
+    for i, a in enumerate(args):
+        cls = type(a)
+        if cls is Tracer:
+            found.append((prefix + (i,), a))
+            if tape is None or a.tape.level > tape.level:
+                tape = a.tape
+        elif (cls is list or cls is tuple) and a:
+            tape = _scan(a, found, tape, prefix + (i,))
+    return tape
+
+
+def _unwrap(structure, tape):
+    cls = type(structure)
+    if cls is Tracer:
+        return structure.value if structure.tape is tape else structure
+    if cls is list or cls is tuple:
+        return cls(_unwrap(a, tape) for a in structure)
+    return structure
+
+
+_NO_KWARGS: dict = {}  # shared, never mutated
+
+
+def record(fn, args, kwargs):
+    """Call ``fn`` on the concrete values of ``args`` and record the call on a tape.
+
+    The tape is that of the innermost (most recently created) tracer among the arguments;
+    tracers of enclosing tapes stay in the call as they are and record themselves there.
+    """
+    found: list = []
+    tape = _scan(args, found, None, ())
+    kw_found = []
+    if kwargs:
+        for k, a in kwargs.items():
+            if type(a) is Tracer:
+                kw_found.append((("kw", k), a))
+                if tape is None or a.tape.level > tape.level:
+                    tape = a.tape
+    if not tape.active:
+        raise TracerError(
+            "a traced value escaped the function that was being differentiated (it was stored "
+            "somewhere and used after ad.grad/ad.trace returned); use its concrete value instead"
+        )
+    parents = []
+    raw_args = list(args)
+    for loc, t in found:
+        if t.tape is tape:
+            parents.append((loc, t))
+            if len(loc) == 1:
+                raw_args[loc[0]] = t.value
+    if any(len(loc) > 1 for loc, _ in parents):
+        for i, a in enumerate(raw_args):
+            if type(a) in (list, tuple):
+                raw_args[i] = _unwrap(a, tape)
+    raw_kwargs = kwargs or _NO_KWARGS
+    for loc, t in kw_found:
+        if t.tape is tape:
+            if raw_kwargs is kwargs:
+                raw_kwargs = dict(kwargs)
+            raw_kwargs[loc[1]] = t.value
+            parents.append((loc, t))
+    out = fn(*raw_args, **raw_kwargs)
+    if type(out) in (tuple, list):
+        raise TracerError(
+            f"{getattr(fn, '__name__', fn)} returned several arrays; nnflow records functions "
+            "with one array result (register a decomposition for this function)"
+        )
+    info = lookup(fn)
+    diff = False
+    if is_floating(out):
+        for loc, t in parents:
+            if t.diff:
+                if info is None:
+                    raise NoRuleError(fn, _argname(fn, loc))
+                if info.differentiable:
+                    name = _location_name(info, loc)
+                    if name not in info.nodiff:
+                        diff = True
+    node = tape.add(fn, tuple(raw_args), raw_kwargs, [(loc, t.node) for loc, t in parents], out, diff)
+    return Tracer(out, tape, node, diff)
+
+
+def _location_name(info, loc) -> str:
+    if loc[0] == "kw":
+        return loc[1]
+    return info.argname(loc[0])[0]
+
+
+def _argname(fn, loc) -> str:
+    from .registry import _signature_names
+
+    if loc[0] == "kw":
+        return loc[1]
+    names, _ = _signature_names(fn)
+    return names[loc[0]] if loc[0] < len(names) else f"#{loc[0]}"
+
+
+def _ufunc_method(ufunc, method, inputs, kwargs):
+    """Rewrite ``np.add.reduce`` and friends into the functions that have rules."""
+    reductions = {np.add: np.sum, np.multiply: np.prod, np.maximum: np.max, np.minimum: np.min}
+    accumulations = {np.add: np.cumsum, np.multiply: np.cumprod}
+    if method == "reduce" and ufunc in reductions:
+        return reductions[ufunc](*inputs, **kwargs)
+    if method == "accumulate" and ufunc in accumulations:
+        return accumulations[ufunc](*inputs, **kwargs)
+    if method == "outer" and not kwargs:
+        a, b = inputs
+        return ufunc(np.reshape(a, np.shape(a) + (1,) * np.ndim(b)), b)
+    raise TracerError(
+        f"numpy.{ufunc.__name__}.{method} is not supported on traced arrays; "
+        "write it with functions that return new arrays (np.sum, np.cumsum, np.where)"
+    )
+
+
+_STATIC = {np.shape, np.ndim, np.size, np.result_type, np.iscomplexobj, np.isrealobj}
+_LIKE = {np.zeros_like, np.ones_like, np.empty_like, np.full_like}
+
+
+def _concrete(x):
+    while type(x) is Tracer:
+        x = x.value
+    return x
+
+
+class Tracer:
+    """A traced array: behaves like the NumPy (or CuPy) array it wraps, and records.
+
+    >>> import nnflow.ad as ad
+    >>> def f(x):
+    ...     assert isinstance(x, Tracer)
+    ...     return (x * x).sum()
+    >>> float(ad.grad(f, np.array([3.0]))[1][0][0])
+    6.0
+    """
+
+    __slots__ = ("value", "tape", "node", "diff")
+    __array_priority__ = 1000
+    __hash__ = None
+
+    def __init__(self, value, tape, node, diff):
+        self.value = value
+        self.tape = tape
+        self.node = node
+        self.diff = diff
+
+    # -- NumPy dispatch ---------------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.pop("out", None)
+        if out is not None and any(o is not None for o in out):
+            raise TracerError(
+                f"numpy.{ufunc.__name__}(..., out=...) writes in place, which cannot be traced; "
+                f"write y = np.{ufunc.__name__}(...) instead"
+            )
+        if method != "__call__":
+            return _ufunc_method(ufunc, method, inputs, kwargs)
+        return record(ufunc, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        impl = decomposition(func)
+        if impl is not None:
+            return impl(*args, **kwargs)
+        if func in _STATIC:
+            return func(*[_concrete(a) for a in args], **kwargs)
+        if func in _LIKE:
+            return func(_concrete(args[0]), *args[1:], **kwargs)
+        return record(func, args, kwargs)
+
+    def __array__(self, dtype=None, copy=None):
+        if self.diff:
+            raise TracerError(
+                f"a traced {_describe(self)} array cannot be converted to a plain NumPy array "
+                "(np.asarray, np.array, or writing it into a NumPy array with buf[i] = t): the "
+                "gradient would be lost. Build new arrays from traced values instead: "
+                "np.stack / np.concatenate to assemble, np.where to select, t[i] = v on a "
+                "traced array to update"
+            )
+        value = self.value
+        self.tape.add_guard(self.node, "array", value)
+        value = np.asarray(value)
+        return value.astype(dtype) if dtype is not None else value
+
+    # -- properties ---------------------------------------------------------------------------
+    shape = property(lambda self: np.shape(self.value))
+    ndim = property(lambda self: np.ndim(self.value))
+    size = property(lambda self: np.size(self.value))
+    dtype = property(lambda self: self.value.dtype)
+    T = property(lambda self: np.transpose(self))
+    mT = property(lambda self: np.swapaxes(self, -1, -2))
+
+    def __len__(self):
+        return len(self.value)
+
+    def __iter__(self):
+        for i in range(len(self.value)):
+            yield self[i]
+
+    def __repr__(self):
+        return f"Tracer({_describe(self)}, %{self.node.index})"
+
+    # -- conversions become guards --------------------------------------------------------------
+    def _convert(self, kind, py):
+        result = py(self.value)
+        self.tape.add_guard(self.node, kind, result)
+        return result
+
+    def __bool__(self):
+        return self._convert("bool", bool)
+
+    def __int__(self):
+        return self._convert("int", int)
+
+    def __float__(self):
+        return self._convert("float", float)
+
+    def __index__(self):
+        return self._convert("index", operator.index)
+
+    def item(self):
+        return self._convert("float" if is_floating(self) else "int", lambda v: v.item())
+
+    def tolist(self):
+        return np.asarray(self).tolist()
+
+    # -- indexing -------------------------------------------------------------------------------
+    def __getitem__(self, key):
+        return record(operator.getitem, (self, key), None)
+
+    def __setitem__(self, key, value):
+        from .rules.indexing import setitem
+
+        new = record(setitem, (self, key, value), None)
+        self.value, self.tape, self.node, self.diff = new.value, new.tape, new.node, new.diff
+
+    # -- methods ------------------------------------------------------------------------------
+    def reshape(self, *shape, order="C"):
+        shape = shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        return np.reshape(self, shape, order=order)
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes
+        return np.transpose(self, axes or None)
+
+    def astype(self, dtype, copy=True):
+        from .rules.elementwise import astype
+
+        return astype(self, dtype)
+
+    def sum(self, axis=None, dtype=None, keepdims=False):
+        return np.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def mean(self, axis=None, dtype=None, keepdims=False):
+        return np.mean(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return np.max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return np.min(self, axis=axis, keepdims=keepdims)
+
+    def prod(self, axis=None, keepdims=False):
+        return np.prod(self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, ddof=0, keepdims=False):
+        return np.var(self, axis=axis, ddof=ddof, keepdims=keepdims)
+
+    def std(self, axis=None, ddof=0, keepdims=False):
+        return np.std(self, axis=axis, ddof=ddof, keepdims=keepdims)
+
+    def cumsum(self, axis=None):
+        return np.cumsum(self, axis=axis)
+
+    def cumprod(self, axis=None):
+        return np.cumprod(self, axis=axis)
+
+    def dot(self, b):
+        return np.dot(self, b)
+
+    def clip(self, min=None, max=None):  # noqa: A002  (NumPy's names)
+        return np.clip(self, min, max)
+
+    def ravel(self, order="C"):
+        return np.ravel(self, order=order)
+
+    def flatten(self, order="C"):
+        return np.ravel(self, order=order)
+
+    def squeeze(self, axis=None):
+        return np.squeeze(self, axis=axis)
+
+    def swapaxes(self, axis1, axis2):
+        return np.swapaxes(self, axis1, axis2)
+
+    def copy(self):
+        return np.copy(self)
+
+    def argmax(self, axis=None, keepdims=False):
+        return np.argmax(self, axis=axis, keepdims=keepdims)
+
+    def argmin(self, axis=None, keepdims=False):
+        return np.argmin(self, axis=axis, keepdims=keepdims)
+
+    def all(self, axis=None, keepdims=False):
+        return np.all(self, axis=axis, keepdims=keepdims)
+
+    def any(self, axis=None, keepdims=False):
+        return np.any(self, axis=axis, keepdims=keepdims)
+
+
+def _describe(t) -> str:
+    return f"{np.dtype(t.dtype).name}[{', '.join(map(str, t.shape))}]"
+
+
+def _binary(ufunc, reflected=False):
+    if reflected:
+        return lambda self, other: record(ufunc, (other, self), None)
+    return lambda self, other: record(ufunc, (self, other), None)
+
+
+def _unary(ufunc):
+    return lambda self: record(ufunc, (self,), None)
+
+
+_OPERATORS = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "truediv": np.divide,
+    "floordiv": np.floor_divide,
+    "mod": np.remainder,
+    "pow": np.power,
+    "matmul": np.matmul,
+    "and": np.bitwise_and,
+    "or": np.bitwise_or,
+    "xor": np.bitwise_xor,
+}
+for _name, _ufunc in _OPERATORS.items():
+    setattr(Tracer, f"__{_name}__", _binary(_ufunc))
+    setattr(Tracer, f"__r{_name}__", _binary(_ufunc, reflected=True))
+    setattr(Tracer, f"__i{_name}__", _binary(_ufunc))  # in place on a tracer: a new node
+for _name, _ufunc in {
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "eq": np.equal,
+    "ne": np.not_equal,
+}.items():
+    setattr(Tracer, f"__{_name}__", _binary(_ufunc))
+for _name, _ufunc in {
+    "neg": np.negative,
+    "pos": np.positive,
+    "abs": np.absolute,
+    "invert": np.invert,
+}.items():
+    setattr(Tracer, f"__{_name}__", _unary(_ufunc))
