@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NoRuleError, RuleShapeError
-from .registry import lookup, qualname
+from .registry import _REGISTRY, qualname
 from .tape import Node, Tape
 
 __all__ = ["backward", "fit_cotangent", "sum_to_shape"]
@@ -58,6 +58,15 @@ def fit_cotangent(g, parent: Node, node: Node, argname: str):
 
 
 def _rule_for(info, node: Node, loc):
+    cached = info.cache.get(loc)
+    if cached is not None:
+        return cached
+    found = _find_rule(info, node, loc)
+    info.cache[loc] = found
+    return found
+
+
+def _find_rule(info, node: Node, loc):
     if loc[0] == "kw":
         name, element = loc[1], None
     else:
@@ -80,6 +89,7 @@ def backward(tape: Tape, output: Node, seed, stop: int | None = None) -> dict[in
     cotangents: dict[int, object] = {output.index: seed}
     result: dict[int, object] = {}
     nodes = tape.nodes
+    registry = _REGISTRY
     for position in range(output.index - 1, -1, -1):
         node = nodes[position]
         dy = cotangents.pop(node.index, None)
@@ -88,12 +98,14 @@ def backward(tape: Tape, output: Node, seed, stop: int | None = None) -> dict[in
         if node.fn is None:
             result[node.index] = dy
             continue
-        info = lookup(node.fn)
+        info = registry[node.fn]
+        cache = info.cache
         per_sequence: dict[str, list] = {}
         for loc, parent in node.parents:
             if not parent.diff:
                 continue
-            name, element, rule = _rule_for(info, node, loc)
+            entry = cache.get(loc)
+            name, element, rule = entry if entry is not None else _rule_for(info, node, loc)
             if rule is None:
                 continue
             if element is None:
@@ -104,7 +116,9 @@ def backward(tape: Tape, output: Node, seed, stop: int | None = None) -> dict[in
                 g = per_sequence[name][element]
             if g is None:
                 continue
-            g = fit_cotangent(g, parent, node, name)
+            value = parent.value
+            if g.__class__ is not value.__class__ or g.shape != value.shape or g.dtype != value.dtype:
+                g = fit_cotangent(g, parent, node, name)
             previous = cotangents.get(parent.index)
             cotangents[parent.index] = g if previous is None else previous + g
     return result

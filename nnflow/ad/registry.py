@@ -59,6 +59,12 @@ class FnInfo:
     linear: tuple[str, ...] = ()
     elementwise: bool = False
     differentiable: bool = True
+    cache: dict = field(default_factory=dict)  # location -> (name, element, rule)
+
+    @property
+    def plain(self) -> bool:
+        """Differentiable in every argument (the fast path of recording)."""
+        return self.differentiable and not self.nodiff
 
     def argname(self, position: int) -> tuple[str, int | None]:
         """Name of positional argument ``position`` and its index inside ``*args``."""
@@ -152,6 +158,7 @@ def register(
     >>> _ = register(np.negative, {"x": lambda dy, y, x: -dy}, elementwise=True)
     """
     info = _entry(fn)
+    info.cache.clear()
     for name, rule in rules.items():
         _check_argname(info, name)
         info.rules[name] = rule
@@ -205,6 +212,7 @@ def nodiff(fn: Callable, argname: str) -> None:
     info = _entry(fn)
     _check_argname(info, argname)
     info.nodiff.add(argname)
+    info.cache.clear()
 
 
 _DECOMPOSITIONS: dict[Callable, Callable] = {}

@@ -68,8 +68,8 @@ class Node:
         self.parents = parents
         self.value = value
         self.diff = diff
-        self.tangent = None
-        self.label = label
+        if label is not None:
+            self.label = label
 
     @property
     def is_input(self) -> bool:
@@ -191,8 +191,7 @@ class Tape:
         if self.forward:
             self.forward_count += 1
             node = Node(self.forward_count, fn, args, kwargs, parents, value, diff)
-            if diff:
-                node.tangent = self.tangent_rule(node)
+            node.tangent = self.tangent_rule(node) if diff else None
             node.args = node.kwargs = None  # forward mode keeps no history
             node.parents = ()
             return node

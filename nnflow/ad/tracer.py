@@ -14,7 +14,10 @@ import operator
 import numpy as np
 
 from .errors import NoRuleError, TracerError
-from .registry import decomposition, lookup
+from .registry import _REGISTRY, decomposition, lookup
+from .tape import Node
+
+_NDARRAY = np.ndarray
 
 __all__ = ["Tracer", "record", "is_floating"]
 
@@ -56,12 +59,125 @@ def _unwrap(structure, tape):
 _NO_KWARGS: dict = {}  # shared, never mutated
 
 
+_LOCATIONS = tuple((i,) for i in range(64))
+
+
 def record(fn, args, kwargs):
     """Call ``fn`` on the concrete values of ``args`` and record the call on a tape.
 
     The tape is that of the innermost (most recently created) tracer among the arguments;
     tracers of enclosing tapes stay in the call as they are and record themselves there.
     """
+    if not kwargs and len(args) < 64:
+        tape, nested = None, False
+        for a in args:
+            cls = type(a)
+            if cls is Tracer:
+                if tape is None or a.tape.level > tape.level:
+                    tape = a.tape
+            elif (cls is list or cls is tuple) and a:
+                nested = True
+        if not nested and tape is not None:
+            return _record_flat(fn, args, tape)
+    return _record_general(fn, args, kwargs)
+
+
+def record_unary(fn, a):
+    """``record(fn, (a,), None)`` for a tracer ``a``, without the generic scan."""
+    tape = a.tape
+    if not tape.active:
+        raise _escaped()
+    value = a.value
+    out = fn(value)
+    diff = a.diff and _output_diff(fn, out, ((_LOCATIONS[0], a.node),))
+    return _finish(fn, (value,), [(_LOCATIONS[0], a.node)], out, diff, tape)
+
+
+def record_binary(fn, a, b):
+    """``record(fn, (a, b), None)`` when ``a`` or ``b`` is a tracer."""
+    ta, tb = type(a) is Tracer, type(b) is Tracer
+    if ta and tb and a.tape is not b.tape:
+        return _record_flat(fn, (a, b), a.tape if a.tape.level > b.tape.level else b.tape)
+    if ta and tb:
+        tape, raw, any_diff = a.tape, (a.value, b.value), a.diff or b.diff
+        parents = [(_LOCATIONS[0], a.node), (_LOCATIONS[1], b.node)]
+    elif ta:
+        tape, raw, any_diff = a.tape, (a.value, b), a.diff
+        parents = [(_LOCATIONS[0], a.node)]
+    else:
+        tape, raw, any_diff = b.tape, (a, b.value), b.diff
+        parents = [(_LOCATIONS[1], b.node)]
+    if not tape.active:
+        raise _escaped()
+    out = fn(*raw)
+    diff = any_diff and _output_diff(fn, out, parents)
+    return _finish(fn, raw, parents, out, diff, tape)
+
+
+def _output_diff(fn, out, parents) -> bool:
+    info = _REGISTRY.get(fn)
+    if info is not None and info.plain and type(out) is _NDARRAY and out.dtype.kind == "f":
+        return True
+    return _differentiable(fn, out, parents)
+
+
+def _finish(fn, raw, parents, out, diff, tape):
+    if tape.forward:
+        node = tape.add(fn, raw, _NO_KWARGS, parents, out, diff)
+    else:
+        nodes = tape.nodes
+        node = Node(len(nodes) + 1, fn, raw, _NO_KWARGS, parents, out, diff)
+        nodes.append(node)
+    return Tracer(out, tape, node, diff)
+
+
+def _escaped():
+    return TracerError(
+        "a traced value escaped the function that was being differentiated (it was stored "
+        "somewhere and used after ad.grad/ad.trace returned); use its concrete value instead"
+    )
+
+
+def _record_flat(fn, args, tape):
+    """The common case: positional arguments only, no lists of arrays."""
+    if not tape.active:
+        raise _escaped()
+    raw = list(args)
+    parents = []
+    any_diff = False
+    for i, a in enumerate(args):
+        if type(a) is Tracer and a.tape is tape:
+            raw[i] = a.value
+            parents.append((_LOCATIONS[i], a.node))
+            if a.diff:
+                any_diff = True
+    out = fn(*raw)
+    diff = any_diff and _output_diff(fn, out, parents)
+    return _finish(fn, tuple(raw), parents, out, diff, tape)
+
+
+def _differentiable(fn, out, parents) -> bool:
+    """Whether ``out`` carries a gradient, given that some parent does."""
+    if type(out) in (tuple, list):
+        raise TracerError(
+            f"{getattr(fn, '__name__', fn)} returned several arrays; nnflow records functions "
+            "with one array result (register a decomposition for this function)"
+        )
+    dtype = getattr(out, "dtype", None)
+    if dtype is None or dtype.kind not in _FLOAT_KINDS:
+        return False
+    info = lookup(fn)
+    if info is None:
+        loc = next(loc for loc, node in parents if node.diff)
+        raise NoRuleError(fn, _argname(fn, loc))
+    if not info.differentiable:
+        return False
+    if not info.nodiff:
+        return True
+    return any(node.diff and _location_name(info, loc) not in info.nodiff for loc, node in parents)
+
+
+def _record_general(fn, args, kwargs):
     found: list = []
     tape = _scan(args, found, None, ())
     kw_found = []
@@ -72,15 +188,12 @@ def record(fn, args, kwargs):
                 if tape is None or a.tape.level > tape.level:
                     tape = a.tape
     if not tape.active:
-        raise TracerError(
-            "a traced value escaped the function that was being differentiated (it was stored "
-            "somewhere and used after ad.grad/ad.trace returned); use its concrete value instead"
-        )
+        raise _escaped()
     parents = []
     raw_args = list(args)
     for loc, t in found:
         if t.tape is tape:
-            parents.append((loc, t))
+            parents.append((loc, t.node))
             if len(loc) == 1:
                 raw_args[loc[0]] = t.value
     if any(len(loc) > 1 for loc, _ in parents):
@@ -93,25 +206,10 @@ def record(fn, args, kwargs):
             if raw_kwargs is kwargs:
                 raw_kwargs = dict(kwargs)
             raw_kwargs[loc[1]] = t.value
-            parents.append((loc, t))
+            parents.append((loc, t.node))
     out = fn(*raw_args, **raw_kwargs)
-    if type(out) in (tuple, list):
-        raise TracerError(
-            f"{getattr(fn, '__name__', fn)} returned several arrays; nnflow records functions "
-            "with one array result (register a decomposition for this function)"
-        )
-    info = lookup(fn)
-    diff = False
-    if is_floating(out):
-        for loc, t in parents:
-            if t.diff:
-                if info is None:
-                    raise NoRuleError(fn, _argname(fn, loc))
-                if info.differentiable:
-                    name = _location_name(info, loc)
-                    if name not in info.nodiff:
-                        diff = True
-    node = tape.add(fn, tuple(raw_args), raw_kwargs, [(loc, t.node) for loc, t in parents], out, diff)
+    diff = any(node.diff for _, node in parents) and _differentiable(fn, out, parents)
+    node = tape.add(fn, tuple(raw_args), raw_kwargs, parents, out, diff)
     return Tracer(out, tape, node, diff)
 
 
@@ -180,6 +278,12 @@ class Tracer:
 
     # -- NumPy dispatch ---------------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if not kwargs and method == "__call__":
+            if len(inputs) == 1:
+                return record_unary(ufunc, self)
+            if len(inputs) == 2:
+                return record_binary(ufunc, *inputs)
+            return record(ufunc, inputs, None)
         out = kwargs.pop("out", None)
         if out is not None and any(o is not None for o in out):
             raise TracerError(
@@ -346,13 +450,16 @@ def _describe(t) -> str:
 
 
 def _binary(ufunc, reflected=False):
-    if reflected:
-        return lambda self, other: record(ufunc, (other, self), None)
-    return lambda self, other: record(ufunc, (self, other), None)
+    def operator_(self, other):
+        if type(other) in (list, tuple):
+            other = np.asarray(other)
+        return record_binary(ufunc, other, self) if reflected else record_binary(ufunc, self, other)
+
+    return operator_
 
 
 def _unary(ufunc):
-    return lambda self: record(ufunc, (self,), None)
+    return lambda self: record_unary(ufunc, self)
 
 
 _OPERATORS = {

@@ -69,7 +69,7 @@ def _is_static(k) -> bool:
 
 
 def _key_like(key, like):
-    """``key`` with its static NumPy index arrays moved to ``like``'s device (CuPy wants its own)."""
+    """``key`` with static NumPy index arrays moved to ``like``'s device (for CuPy)."""
     xp = get_array_module(like)
     if xp is np:
         return key

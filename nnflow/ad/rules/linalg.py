@@ -24,9 +24,8 @@ def _tr(x):  # batched transpose
     return np.swapaxes(x, -1, -2)
 
 
-def _drop(x, axis):  # remove a length-1 axis
-    shape = np.shape(x)
-    return np.reshape(x, shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :])
+def _mat(v):  # a scalar per matrix, broadcast over the matrix axes
+    return np.expand_dims(v, (-2, -1))
 
 
 def _eye(like, n, m, k=0):  # a constant on the device of ``like``
@@ -38,27 +37,21 @@ def _inverse(perm):
 
 
 # -- matmul: 1-D operands are promoted to matrices, as NumPy does --------------------------------
-def _matmul_parts(dy, x1, x2):
-    a = x1 if np.ndim(x1) > 1 else np.expand_dims(x1, 0)
-    b = x2 if np.ndim(x2) > 1 else np.expand_dims(x2, -1)
-    g = dy if np.ndim(x2) > 1 else np.expand_dims(dy, -1)
-    return a, b, g if np.ndim(x1) > 1 else np.expand_dims(g, -2)
+def _matmul(wrt_x2):
+    def rule(dy, y, x1, x2, **kw):
+        a = x1 if np.ndim(x1) > 1 else np.expand_dims(x1, 0)
+        b = x2 if np.ndim(x2) > 1 else np.expand_dims(x2, -1)
+        g = dy if np.ndim(x2) > 1 else np.expand_dims(dy, -1)
+        g = g if np.ndim(x1) > 1 else np.expand_dims(g, -2)
+        if wrt_x2:
+            return np.matmul(_tr(a), g) if np.ndim(x2) > 1 else np.squeeze(_tr(a) @ g, -1)
+        return np.matmul(g, _tr(b)) if np.ndim(x1) > 1 else np.squeeze(g @ _tr(b), -2)
 
-
-def _matmul_dx1(dy, y, x1, x2, **kw):
-    a, b, g = _matmul_parts(dy, x1, x2)
-    da = np.matmul(g, _tr(b))
-    return da if np.ndim(x1) > 1 else _drop(da, -2)
-
-
-def _matmul_dx2(dy, y, x1, x2, **kw):
-    a, b, g = _matmul_parts(dy, x1, x2)
-    db = np.matmul(_tr(a), g)
-    return db if np.ndim(x2) > 1 else _drop(db, -1)
+    return rule
 
 
 # -- tensordot and the products that are tensordots (dot, inner) ---------------------------------
-def _td_axes(a, b, axes):
+def _td_axes(a, b, axes=2):
     na, nb = np.ndim(a), np.ndim(b)
     if isinstance(axes, (int, np.integer)):
         return list(range(na - axes, na)), list(range(axes))
@@ -66,56 +59,32 @@ def _td_axes(a, b, axes):
     return [x % na for x in ax_a], [x % nb for x in ax_b]
 
 
-def _td_da(dy, a, b, ax_a, ax_b):
-    free_a = [i for i in range(np.ndim(a)) if i not in ax_a]
-    free_b = [i for i in range(np.ndim(b)) if i not in ax_b]
-    g = np.tensordot(dy, b, (list(range(len(free_a), np.ndim(dy))), free_b))
-    return np.transpose(g, _inverse(free_a + [ax_a[k] for k in _inverse(ax_b)]))
-
-
-def _td_db(dy, a, b, ax_a, ax_b):
-    free_a = [i for i in range(np.ndim(a)) if i not in ax_a]
-    free_b = [i for i in range(np.ndim(b)) if i not in ax_b]
-    g = np.tensordot(a, dy, (free_a, list(range(len(free_a)))))
-    return np.transpose(g, _inverse([ax_b[k] for k in _inverse(ax_a)] + free_b))
-
-
 def _product(axes_of):
     """(d a, d b) of a product that is a scalar product for 0-d operands, else a tensordot."""
 
-    def da(dy, y, a, b, *rest, **kw):
-        if np.ndim(a) == 0 or np.ndim(b) == 0:
-            return dy * b
-        return _td_da(dy, a, b, *axes_of(a, b, *rest, **kw))
+    def rule(wrt_b):
+        def grad(dy, y, a, b, *rest, **kw):
+            if np.ndim(a) == 0 or np.ndim(b) == 0:
+                return dy * (a if wrt_b else b)
+            ax_a, ax_b = axes_of(a, b, *rest, **kw)
+            free_a = [i for i in range(np.ndim(a)) if i not in ax_a]
+            free_b = [i for i in range(np.ndim(b)) if i not in ax_b]
+            if wrt_b:  # tensordot orders the contracted axes of the other operand ascending
+                g = np.tensordot(a, dy, (free_a, list(range(len(free_a)))))
+                return np.transpose(g, _inverse([ax_b[k] for k in _inverse(ax_a)] + free_b))
+            g = np.tensordot(dy, b, (list(range(len(free_a), np.ndim(dy))), free_b))
+            return np.transpose(g, _inverse(free_a + [ax_a[k] for k in _inverse(ax_b)]))
 
-    def db(dy, y, a, b, *rest, **kw):
-        if np.ndim(a) == 0 or np.ndim(b) == 0:
-            return dy * a
-        return _td_db(dy, a, b, *axes_of(a, b, *rest, **kw))
+        return grad
 
-    return {"a": da, "b": db}
-
-
-def _dot_axes(a, b, out=None):
-    return [np.ndim(a) - 1], [max(np.ndim(b) - 2, 0)]
-
-
-def _inner_axes(a, b):
-    return [np.ndim(a) - 1], [np.ndim(b) - 1]
-
-
-def _tensordot_axes(a, b, axes=2):
-    return _td_axes(a, b, axes)
+    return {"a": rule(False), "b": rule(True)}
 
 
 # -- einsum: the cotangent of an operand is the einsum of the others with dy ---------------------
 def _einsum_spec(subscripts, shapes):
     """Explicit per-operand and output subscripts, with '...' expanded into letters."""
     if not isinstance(subscripts, str):
-        raise NotImplementedError(
-            "nnflow.ad: einsum is differentiable in its subscripts-string "
-            "form only (np.einsum('ij,jk->ik', a, b))"
-        )
+        raise NotImplementedError("nnflow.ad: einsum is differentiable in 'ij,jk->ik' form only")
     spec = subscripts.replace(" ", "")
     ins, out = spec.split("->") if "->" in spec else (spec, None)
     ins = ins.split(",")
@@ -130,8 +99,7 @@ def _einsum_spec(subscripts, shapes):
             term = term.replace("...", ell[n_ell - (len(shape) - len(term) + 3) :])
         if len(set(term)) != len(term):
             raise NotImplementedError(
-                f"nnflow.ad: einsum with a repeated index inside one "
-                f"operand ({subscripts!r}) has no derivative rule yet"
+                f"nnflow.ad: no einsum rule for a repeated index: {subscripts!r}"
             )
         expanded.append(term)
     if out is None:
@@ -156,28 +124,14 @@ def _einsum_grads(dy, y, *operands, out=None, optimize=False, **kw):
         if extra:
             terms.append("".join(c for c, _ in extra))
             arrays.append(get_array_module(dy).ones([n for _, n in extra], dtype=dy.dtype))
-        grads.append(np.einsum(",".join(terms) + "->" + term, *arrays, optimize=optimize))
+        grads.append(np.einsum(",".join(terms) + "->" + term, *arrays, optimize=bool(optimize)))
     return grads
 
 
 # -- outer, vdot, trace, diag -------------------------------------------------------------------
-def _outer_da(dy, y, a, b, out=None):
-    return np.reshape(np.matmul(dy, np.reshape(b, (-1,))), np.shape(a))
-
-
-def _outer_db(dy, y, a, b, out=None):
-    return np.reshape(np.matmul(np.reshape(a, (-1,)), dy), np.shape(b))
-
-
 def _trace_da(dy, y, a, offset=0, axis1=0, axis2=1, dtype=None, out=None):
-    nd = np.ndim(a)
-    ax1, ax2 = axis1 % nd, axis2 % nd
-    eye = _eye(dy, np.shape(a)[ax1], np.shape(a)[ax2], offset)
-    if ax1 > ax2:
-        eye, ax1, ax2 = eye.T, ax2, ax1
-    shape = [1] * nd
-    shape[ax1], shape[ax2] = eye.shape
-    return np.expand_dims(dy, (ax1, ax2)) * np.reshape(eye, shape)
+    eye = _eye(dy, np.shape(a)[axis1], np.shape(a)[axis2], offset)
+    return np.moveaxis(_mat(dy) * eye, (-2, -1), (axis1 % np.ndim(a), axis2 % np.ndim(a)))
 
 
 def _diag_dv(dy, y, v, k=0):
@@ -198,8 +152,8 @@ def _norm_axes(x, ord, axis):
     axes = (axis % nd,) if isinstance(axis, (int, np.integer)) else tuple(a % nd for a in axis)
     if len(axes) == 2 and (ord in (2, -2) or ord == "nuc"):
         raise NotImplementedError(
-            f"nnflow.ad: np.linalg.norm(ord={ord!r}) of a matrix (an "
-            "extreme singular value) has no derivative rule yet"
+            f"nnflow.ad: np.linalg.norm(ord={ord!r}) of a matrix (a function of "
+            "its singular values) has no derivative rule yet"
         )
     return axes, ("fro" if ord is None or ord == 2 else ord)
 
@@ -235,10 +189,6 @@ def _norm_jvp(t, y, x, ord=None, axis=None, keepdims=False):
 
 
 # -- inv, det, slogdet, solve ---------------------------------------------------------------------
-def _mat(v):  # a scalar per matrix, broadcast over the matrix axes
-    return np.expand_dims(v, (-2, -1))
-
-
 @primitive
 def logabsdet(a):
     """``log |det a|`` (the second result of ``np.linalg.slogdet``), as one differentiable op."""
@@ -259,7 +209,7 @@ def _as_columns(x, vector):  # solve treats a 1-D b as one column
 def _solve_db(dy, y, a, b):
     vector = np.ndim(b) == 1
     g = np.linalg.solve(_tr(a), _as_columns(dy, vector))
-    return _drop(g, -1) if vector else g
+    return np.squeeze(g, -1) if vector else g
 
 
 def _solve_da(dy, y, a, b):
@@ -272,19 +222,22 @@ def _solve_jvp(rhs):
     def jvp(t, y, a, b):
         vector = np.ndim(b) == 1
         g = np.linalg.solve(a, rhs(t, _as_columns(y, vector)) if rhs else _as_columns(t, vector))
-        return _drop(g, -1) if vector else g
+        return np.squeeze(g, -1) if vector else g
 
     return jvp
 
 
 # -- the tables -----------------------------------------------------------------------------------
 LINEAR = {  # (multi)linear in each argument: forward mode calls fn with a tangent in its place
-    np.matmul: {"x1": _matmul_dx1, "x2": _matmul_dx2},
-    np.dot: _product(_dot_axes),
-    np.inner: _product(_inner_axes),
-    np.tensordot: _product(_tensordot_axes),
+    np.matmul: {"x1": _matmul(False), "x2": _matmul(True)},
+    np.dot: _product(lambda a, b, out=None: ([np.ndim(a) - 1], [max(np.ndim(b) - 2, 0)])),
+    np.inner: _product(lambda a, b: ([np.ndim(a) - 1], [np.ndim(b) - 1])),
+    np.tensordot: _product(_td_axes),
     np.einsum: {"operands": _einsum_grads},
-    np.outer: {"a": _outer_da, "b": _outer_db},
+    np.outer: {
+        "a": lambda dy, y, a, b, out=None: np.reshape(dy @ np.ravel(b), np.shape(a)),
+        "b": lambda dy, y, a, b, out=None: np.reshape(np.ravel(a) @ dy, np.shape(b)),
+    },
     np.vdot: {
         "a": lambda dy, y, a, b: np.reshape(dy * b, np.shape(a)),
         "b": lambda dy, y, a, b: np.reshape(dy * a, np.shape(b)),
@@ -318,12 +271,9 @@ for _fn, (_rules, _jvps) in NONLINEAR.items():
 register_decomposition(np.linalg.slogdet, _slogdet)
 
 # -- sample inputs --------------------------------------------------------------------------------
+_s = sample
 _FLIP = np.diag([-1.0, 1.0, 1.0])  # makes a determinant negative
 _SQ, _SQ1, _SQ2 = well_conditioned(3), well_conditioned(3, (2,), 1), well_conditioned(2, (3,), 2)
-
-
-def _s(*shape, seed=None):
-    return sample(*shape, seed=seed)
 
 
 def _with(fn, *args, **kwargs):  # fn with constant arguments: (*args, x..., **kwargs)
