@@ -9,7 +9,7 @@ class ADError(Exception):
     """Base class of nnflow.ad's errors."""
 
 
-class TracerError(ADError, TypeError):
+class TracerError(ADError):
     """A traced value was used in a way that cannot be recorded."""
 
 

@@ -197,6 +197,8 @@ def diffrule(fn: Callable, argname: str) -> Callable[[Callable], Callable]:
     ...     return dy * y * (1 - y)
     """
 
+    _check_argname(_entry(fn), argname)
+
     def decorate(rule: Callable) -> Callable:
         register(fn, {argname: rule})
         return rule

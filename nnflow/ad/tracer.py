@@ -9,7 +9,9 @@ innermost tracer among its arguments.
 
 from __future__ import annotations
 
+import dis
 import operator
+import sys
 
 import numpy as np
 
@@ -255,6 +257,27 @@ def _concrete(x):
     return x
 
 
+_STORE_MESSAGE = (
+    "a traced {what} array cannot be converted to a plain NumPy array (np.asarray, np.array, "
+    "or writing it into a NumPy array with buf[i] = t): the gradient would be lost. Build new "
+    "arrays from traced values instead: np.stack / np.concatenate to assemble, np.where to "
+    "select, t[i] = v on a traced array to update"
+)
+_STORE_SUBSCR = dis.opmap.get("STORE_SUBSCR")
+
+
+def _storing_into_array() -> bool:
+    """Whether NumPy asks for ``float(t)`` to store ``t`` into a plain array (``buf[i] = t``).
+
+    NumPy converts a scalar assigned to an element with ``__float__`` and never consults
+    ``__array__``, so the only way to tell ``buf[0] = t`` from ``float(t)`` is the caller's
+    current bytecode instruction.
+    """
+    frame = sys._getframe(2)
+    code = frame.f_code.co_code
+    return 0 <= frame.f_lasti < len(code) and code[frame.f_lasti] == _STORE_SUBSCR
+
+
 class Tracer:
     """A traced array: behaves like the NumPy (or CuPy) array it wraps, and records.
 
@@ -306,17 +329,17 @@ class Tracer:
 
     def __array__(self, dtype=None, copy=None):
         if self.diff:
-            raise TracerError(
-                f"a traced {_describe(self)} array cannot be converted to a plain NumPy array "
-                "(np.asarray, np.array, or writing it into a NumPy array with buf[i] = t): the "
-                "gradient would be lost. Build new arrays from traced values instead: "
-                "np.stack / np.concatenate to assemble, np.where to select, t[i] = v on a "
-                "traced array to update"
-            )
+            raise TracerError(_STORE_MESSAGE.format(what=_describe(self)))
         value = self.value
         self.tape.add_guard(self.node, "array", value)
         value = np.asarray(value)
         return value.astype(dtype) if dtype is not None else value
+
+    def __array_namespace__(self, api_version=None):
+        """``numpy`` or ``cupy``, from the wrapped data (how ``get_array_module`` sees it)."""
+        from ..backend import get_array_module
+
+        return get_array_module(self.value)
 
     # -- properties ---------------------------------------------------------------------------
     shape = property(lambda self: np.shape(self.value))
@@ -349,6 +372,8 @@ class Tracer:
         return self._convert("int", int)
 
     def __float__(self):
+        if self.diff and _storing_into_array():
+            raise TracerError(_STORE_MESSAGE.format(what=_describe(self)))
         return self._convert("float", float)
 
     def __index__(self):

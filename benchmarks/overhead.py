@@ -1,0 +1,432 @@
+"""Per-operation overhead of eager ``nnflow.ad.grad`` on tiny arrays (issue 2).
+
+A straight-line chain of ``--ops`` elementwise operations (sin, multiply by a scalar, exp, add
+a scalar, tanh, cos, ...) on a 4-element float64 array, followed by a sum, is differentiated
+(forward + backward) by
+
+* ``nnflow``   -- ``nnflow.ad.grad(chain, x)``,
+* ``torch``    -- PyTorch eager: ``torch.autograd.grad(chain(x), x)`` with ``requires_grad``,
+* ``autograd`` -- HIPS autograd: ``autograd.grad(chain)(x)``,
+
+and compared with ``numpy``: the bare NumPy forward calls of the same chain (no gradient).
+The chain is the *same source code* for every system; only the module bound to ``np`` changes
+(``numpy``, ``torch`` or ``autograd.numpy``). Per-op cost is the time of one call divided by
+the number of primitive calls in it (``ops`` elementwise ops + the final sum).
+
+Methodology
+-----------
+* Every system runs in its own process: one fresh subprocess per system per round (PyTorch's
+  and NumPy's thread pools slow each other down when they share a process). Systems are
+  interleaved across rounds (the order rotates each round), and each round times many calls
+  (about ``--round-time`` seconds after a warm-up). The table gives the median over the
+  ``--repeat`` rounds and the min-max range.
+* Thread counts are equal for every system: ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+  ``OPENBLAS_NUM_THREADS`` are set to ``--threads`` in each child, and the torch child also
+  calls ``torch.set_num_threads``.
+* Before any time is reported, every system's value and gradient are compared with nnflow's
+  (``numpy.allclose``, rtol 1e-9); a mismatch aborts the run.
+* Peers that are not installed are skipped. The garbage collector stays enabled (it is part of
+  the real cost of eager tape building).
+
+Run it from the repository root as::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/overhead.py
+
+Options: ``--repeat N`` (rounds, default 15), ``--ops N`` (default 50), ``--json PATH`` (raw
+results), ``--threads N`` (default 1), ``--round-time S``, ``--systems a,b,...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: One cycle of the chain: (operation, scalar constant). Chosen so that values stay bounded
+#: and the gradient of a 50-op chain is neither vanishing nor exploding (about 1e-2).
+CYCLE = [
+    ("sin", None),
+    ("mul", 1.3),
+    ("exp", None),
+    ("add", -1.2),
+    ("tanh", None),
+    ("mul", 2.0),
+    ("cos", None),
+    ("add", 0.3),
+    ("mul", -1.1),
+    ("tanh", None),
+]
+
+#: The input: a 4-element float64 array.
+X0 = [-0.9, -0.2, 0.4, 1.1]
+
+#: Every system, in table order; "numpy" is the forward-only baseline.
+SYSTEMS = ("numpy", "nnflow", "torch", "autograd")
+LABELS = {
+    "numpy": "numpy (forward only)",
+    "nnflow": "nnflow ad.grad",
+    "torch": "torch eager",
+    "autograd": "HIPS autograd",
+}
+#: The module each system needs (None: always available).
+REQUIRES = {"numpy": None, "nnflow": None, "torch": "torch", "autograd": "autograd"}
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def chain_source(ops: int) -> str:
+    """Python source of ``chain(x)``: ``ops`` elementwise ops written out, then ``np.sum``."""
+    lines = ["def chain(x):"]
+    for i in range(ops):
+        op, c = CYCLE[i % len(CYCLE)]
+        if op == "mul":
+            lines.append(f"    x = x * {c!r}")
+        elif op == "add":
+            lines.append(f"    x = x + {c!r}")
+        else:
+            lines.append(f"    x = np.{op}(x)")
+    lines.append("    return np.sum(x)")
+    return "\n".join(lines) + "\n"
+
+
+def make_chain(module, ops: int):
+    """``chain`` compiled with ``np`` bound to ``module`` (numpy, torch or autograd.numpy)."""
+    namespace = {"np": module}
+    exec(compile(chain_source(ops), f"<chain{ops}>", "exec"), namespace)  # noqa: S102
+    return namespace["chain"]
+
+
+# -- the worker: one system, one process --------------------------------------------------------
+def _setup(system: str, ops: int, threads: int):
+    """Return ``(run, check, version)`` for ``system``.
+
+    ``run()`` does one timed call; ``check()`` returns ``(value, gradient or None)``.
+    """
+    x0 = np.array(X0, dtype=np.float64)
+    if system == "numpy":
+        f = make_chain(np, ops)
+        return (lambda: f(x0)), (lambda: (float(f(x0)), None)), np.__version__
+    if system == "nnflow":
+        sys.path.insert(0, str(ROOT))
+        import nnflow
+        from nnflow import ad
+
+        f = make_chain(np, ops)
+
+        def check():
+            value, g = ad.grad(f, x0)
+            return float(value), np.asarray(g[0], dtype=np.float64)
+
+        return (lambda: ad.grad(f, x0)), check, getattr(nnflow, "__version__", "checkout")
+    if system == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(threads)
+        except RuntimeError:  # pragma: no cover - only if torch already started its pool
+            pass
+        f = make_chain(torch, ops)
+        x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
+
+        def run():
+            return torch.autograd.grad(f(x), x)
+
+        def check():
+            y = f(x)
+            (g,) = torch.autograd.grad(y, x)
+            return float(y.detach()), g.numpy().astype(np.float64)
+
+        return run, check, torch.__version__
+    if system == "autograd":
+        import autograd
+        import autograd.numpy as anp
+
+        f = make_chain(anp, ops)
+        gf = autograd.grad(f)
+
+        def check():
+            return float(f(x0)), np.asarray(gf(x0), dtype=np.float64)
+
+        version = getattr(autograd, "__version__", None)
+        if version is None:
+            from importlib.metadata import version as _version
+
+            version = _version("autograd")
+        return (lambda: gf(x0)), check, version
+    raise ValueError(f"unknown system {system!r}")
+
+
+def worker(system: str, mode: str, ops: int, threads: int, round_time: float) -> dict:
+    """Run in a child process: check or time one system; the result is printed as JSON."""
+    run, check, version = _setup(system, ops, threads)
+    if mode == "check":
+        value, g = check()
+        return {
+            "system": system,
+            "version": version,
+            "value": value,
+            "grad": None if g is None else g.tolist(),
+        }
+    # Warm-up (also estimates the cost of one call), then one timed block of many calls.
+    calls, t0 = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < 0.25 * round_time:
+        run()
+        calls += 1
+    per_call = (time.perf_counter() - t0) / calls
+    n = max(3, int(round_time / per_call))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        run()
+    elapsed = time.perf_counter() - t0
+    return {
+        "system": system,
+        "calls": n,
+        "seconds": elapsed,
+        "us_per_op": elapsed / n / (ops + 1) * 1e6,
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def _child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _spawn(system: str, mode: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        system,
+        "--mode",
+        mode,
+        "--ops",
+        str(args.ops),
+        "--threads",
+        str(args.threads),
+        "--round-time",
+        str(args.round_time),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(args.threads))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{system} worker failed ({mode}):\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def available(systems) -> tuple[list, list]:
+    """Split ``systems`` into (installed, skipped)."""
+    run, skipped = [], []
+    for s in systems:
+        mod = REQUIRES[s]
+        (run if mod is None or importlib.util.find_spec(mod) is not None else skipped).append(s)
+    return run, skipped
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _blas() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if info:
+            i = info[0]
+            return f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
+    except ImportError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # noqa: BLE001 - purely informational
+        return "unknown"
+
+
+def _central_differences(f, x, eps=1e-6):
+    """Gradient of scalar ``f`` at ``x`` by central differences (an independent reference)."""
+    g = np.empty_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
+    return g
+
+
+def check_agreement(systems, args) -> dict:
+    """Every system's value and gradient vs nnflow's; raises SystemExit on a mismatch."""
+    results = {s: _spawn(s, "check", args) for s in systems}
+    ref = results["nnflow"]
+    ref_g = np.array(ref["grad"])
+    fd = _central_differences(make_chain(np, args.ops), np.array(X0))
+    ok = bool(np.allclose(ref_g, fd, rtol=1e-5, atol=1e-8))
+    print(
+        f"  nnflow    gradient        vs central differences: "
+        f"{'agree' if ok else 'DISAGREE'}, max |dg| {np.max(np.abs(ref_g - fd)):.1e}"
+    )
+    for s, r in results.items():
+        if s == "nnflow":
+            continue
+        same_value = np.allclose(r["value"], ref["value"], rtol=1e-9, atol=1e-12)
+        if r["grad"] is None:
+            same, what = same_value, "value"
+        else:
+            same = same_value and np.allclose(r["grad"], ref_g, rtol=1e-9, atol=1e-12)
+            what = "value+gradient"
+        ok &= bool(same)
+        err = "" if r["grad"] is None else f", max |dg| {np.max(np.abs(r['grad'] - ref_g)):.1e}"
+        print(f"  {s:<9} {what:<15} vs nnflow: {'agree' if same else 'DISAGREE'}{err}")
+    if not ok:
+        print("gradients disagree; no timings reported", file=sys.stderr)
+        raise SystemExit(1)
+    return results
+
+
+def _fmt_ratio(a, b) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+
+
+def table(medians: dict, runs: dict) -> list[str]:
+    """The result table as lines: system, µs/op (median, min-max), ratios."""
+    torch_m, numpy_m = medians.get("torch"), medians.get("numpy")
+    header = f"{'system':<22}{'µs/op median':>13}  {'(min–max)':<15}{'× torch eager':>14}"
+    header += f"{'× numpy fwd':>13}"
+    lines = [header, "-" * len(header)]
+    for s, m in medians.items():
+        lo, hi = min(runs[s]), max(runs[s])
+        lines.append(
+            f"{LABELS[s]:<22}{m:>13.2f}  {f'({lo:.2f}–{hi:.2f})':<15}"
+            f"{_fmt_ratio(m, torch_m):>14}{_fmt_ratio(m, numpy_m):>13}"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    """Entry point: parse options, check agreement, time the rounds, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=15, help="rounds (one process per system each)")
+    p.add_argument("--ops", type=int, default=50, help="elementwise ops in the chain")
+    p.add_argument("--json", metavar="PATH", help="write raw results to PATH")
+    p.add_argument("--threads", type=int, default=1, help="threads for every system")
+    p.add_argument("--round-time", type=float, default=0.3, help="seconds timed per round")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("check", "time"), default="time", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.mode, args.ops, args.threads, args.round_time)))
+        return 0
+
+    wanted = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(wanted) - set(SYSTEMS))
+    if unknown:
+        p.error(f"unknown systems: {', '.join(unknown)}")
+    systems, skipped = available([s for s in SYSTEMS if s in wanted or s in ("numpy", "nnflow")])
+
+    load_start = os.getloadavg()
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    info = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": _blas(),
+        "threads": args.threads,
+        "openblas_coretype": coretype,
+        "openblas_l2_size": os.environ.get("OPENBLAS_L2_SIZE"),
+        "ops": args.ops,
+        "repeat": args.repeat,
+        "loadavg_start": load_start,
+    }
+    print(f"nnflow per-op overhead: chain of {args.ops} elementwise ops + sum, float64[4]")
+    print(f"date {info['date']}; {info['cpu']}, {info['cores']} cores")
+    print(f"python {info['python']}, numpy {info['numpy']}, BLAS {info['blas']}")
+    print(
+        f"threads {args.threads} ({', '.join(THREAD_VARS)}, torch.set_num_threads); "
+        f"OPENBLAS_CORETYPE {'set to ' + repr(coretype) if coretype else 'not set'}; "
+        f"OPENBLAS_L2_SIZE {'set' if info['openblas_l2_size'] else 'not set'}"
+    )
+    print("load average at start: " + " ".join(f"{x:.2f}" for x in load_start))
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: the machine is busy; figures may be inflated (rerun when idle)")
+    if args.repeat < 15:
+        print(f"note: --repeat {args.repeat} < 15 rounds; medians are rough")
+    for s in skipped:
+        print(f"skipped {s}: not installed")
+
+    print("agreement (before timing):")
+    checks = check_agreement(systems, args)
+    info["versions"] = {s: checks[s]["version"] for s in systems}
+    print("versions: " + ", ".join(f"{s} {v}" for s, v in info["versions"].items()))
+
+    runs = {s: [] for s in systems}
+    raw = []
+    for r in range(args.repeat):
+        k = r % len(systems)
+        for s in systems[k:] + systems[:k]:  # rotate the order: interleave systems
+            res = _spawn(s, "time", args)
+            res["round"] = r
+            raw.append(res)
+            runs[s].append(res["us_per_op"])
+    medians = {s: statistics.median(v) for s, v in runs.items()}
+    load_end = os.getloadavg()
+    info["loadavg_end"] = load_end
+    info["loadavg_max_in_rounds"] = max(x["loadavg"] for x in raw)
+
+    print(f"\nforward+backward per op (µs), median of {args.repeat} rounds, one process each:")
+    lines = table(medians, runs)
+    print("\n".join(lines))
+    print(
+        "load average at end: "
+        + " ".join(f"{x:.2f}" for x in load_end)
+        + f" (max 1-min seen in rounds {info['loadavg_max_in_rounds']:.2f})"
+    )
+    nn = medians["nnflow"]
+    verdicts = []
+    if "torch" in medians:
+        verdicts.append(f"<= torch eager: {'yes' if nn <= medians['torch'] else 'NO'}")
+    if "autograd" in medians:
+        verdicts.append(f"<= HIPS autograd: {'yes' if nn <= medians['autograd'] else 'NO'}")
+    if verdicts:
+        print("issue 2 target, nnflow per-op cost " + "; ".join(verdicts))
+
+    if args.json:
+        out = {
+            "info": info,
+            "medians_us_per_op": medians,
+            "rounds_us_per_op": runs,
+            "raw": raw,
+            "table": lines,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"raw results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
