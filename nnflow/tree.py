@@ -4,6 +4,13 @@ A path is a tuple of attribute names, list/tuple indices and dict keys, e.g. ``(
 ``("layers", 0, "bias")``. Objects are walked through their ``__dict__`` (and ``__slots__``);
 an object reachable twice (tied weights, cycles) is visited once, at its first path.
 
+Buffers: an object may name some of its attributes in ``__nnflow_buffers__`` (a collection of
+attribute names, e.g. ``{"running_mean": True}``; ``nnflow.Model.register_buffer`` maintains
+it). Every array under such an attribute is a *buffer*: state that is saved but never trained.
+``leaves(obj, buffers=False)`` leaves them out and ``buffer_paths(obj)`` lists them;
+``nnflow.ad.grad`` records buffers as non-differentiable inputs, so they never appear in
+gradient dicts, while state the differentiated function assigns to them is still written back.
+
 >>> class Net:
 ...     def __init__(self):
 ...         self.W, self.layers = np.ones((2, 2)), [{"b": np.zeros(2)}]
@@ -18,7 +25,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["leaves", "is_array", "get_path", "set_path", "map_leaves", "format_path"]
+__all__ = [
+    "BUFFERS",
+    "leaves",
+    "buffer_paths",
+    "is_array",
+    "get_path",
+    "set_path",
+    "map_leaves",
+    "format_path",
+]
+
+BUFFERS = "__nnflow_buffers__"  # attribute naming an object's buffer attributes
 
 _OPAQUE = (
     types.FunctionType,
@@ -66,29 +84,51 @@ def _children(obj) -> Iterator[tuple[Any, Any]]:
                 yield name, getattr(obj, name)
 
 
-def leaves(obj: Any, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
-    """All ``(path, array)`` pairs reachable from ``obj``, depth first, in definition order.
-
-    >>> leaves({"a": np.zeros(1), "b": [np.ones(2)]})[1][0]
-    ('b', 0)
-    """
-    out: list[tuple[tuple, Any]] = []
+def _walk(obj: Any, prefix: tuple) -> list[tuple[tuple, Any, bool]]:
+    """``(path, array, is_buffer)`` for every leaf, depth first, each array once."""
+    out: list[tuple[tuple, Any, bool]] = []
     seen: set[int] = set()
 
-    def walk(x, path):
+    def walk(x, path, frozen):
         if is_array(x):
             if id(x) not in seen:
                 seen.add(id(x))
-                out.append((path, x))
+                out.append((path, x, frozen))
             return
         if isinstance(x, (int, float, complex, bool, type(None))) or id(x) in seen:
             return
         seen.add(id(x))
+        names = getattr(x, BUFFERS, None) if not isinstance(x, (dict, list, tuple)) else None
         for key, child in _children(x):
-            walk(child, path + (key,))
+            walk(child, path + (key,), frozen or (names is not None and key in names))
 
-    walk(obj, prefix)
+    walk(obj, prefix, False)
     return out
+
+
+def leaves(obj: Any, prefix: tuple = (), *, buffers: bool = True) -> list[tuple[tuple, Any]]:
+    """All ``(path, array)`` pairs reachable from ``obj``, depth first, in definition order.
+
+    With ``buffers=False``, arrays registered as buffers (see the module docstring) are left
+    out.
+
+    >>> leaves({"a": np.zeros(1), "b": [np.ones(2)]})[1][0]
+    ('b', 0)
+    """
+    return [(path, x) for path, x, frozen in _walk(obj, prefix) if buffers or not frozen]
+
+
+def buffer_paths(obj: Any) -> set[tuple]:
+    """The paths of the arrays inside ``obj`` that are buffers (saved, never trained).
+
+    >>> class Norm:
+    ...     __nnflow_buffers__ = ("running_mean",)
+    ...     def __init__(self):
+    ...         self.weight, self.running_mean = np.ones(2), np.zeros(2)
+    >>> buffer_paths(Norm())
+    {('running_mean',)}
+    """
+    return {path for path, _, frozen in _walk(obj, ()) if frozen}
 
 
 def get_path(obj: Any, path: tuple) -> Any:

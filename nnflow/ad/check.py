@@ -26,7 +26,7 @@ def _differentiable_leaves(args, wrt):
             if np.asarray(arg).dtype.kind == "f":
                 yield i, (), arg
         elif not isinstance(arg, (bool, int, str, type(None))):
-            for path, leaf in leaves(arg):
+            for path, leaf in leaves(arg, buffers=False):
                 if leaf.dtype.kind == "f":
                     yield i, path, leaf
 

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..tree import get_path, is_array, leaves, set_path
+from ..tree import buffer_paths, get_path, is_array, leaves, set_path
 from .backward import backward
 from .errors import NonScalarError
 from .forward import tangent_of
@@ -67,9 +67,10 @@ class _Inputs:
                 self.nodes.append(None)
             else:
                 found = {}
+                frozen = buffer_paths(arg)  # buffers: inputs, never differentiated
                 for path, leaf in leaves(arg):
                     sub = get_path(tangent, path) if tangent is not None else None
-                    t = self._input(leaf, allowed, i, path, sub)
+                    t = self._input(leaf, allowed and path not in frozen, i, path, sub)
                     arg = set_path(arg, path, t)
                     found[path] = t.node
                 wrapped.append(arg)
@@ -110,8 +111,30 @@ def _concrete(structure, tape: Tape, refs: bool = False):
     return structure
 
 
+def _argument_names(f, count: int) -> list[str]:
+    """Names for printing a tape's inputs: ``f``'s parameter names where it has them."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(count):
+        p = params[min(i, len(params) - 1)] if params else None
+        if p is None or p.kind is p.VAR_KEYWORD or p.kind is p.KEYWORD_ONLY:
+            names.append(f"args[{i}]")
+        elif p.kind is p.VAR_POSITIONAL:
+            names.append(f"{p.name}[{i - params.index(p)}]")
+        else:
+            names.append(p.name)
+    return names
+
+
 def _run(f, args, kwargs, wrt=None, tangents=None, forward=False):
     tape = Tape(forward=forward)
+    if not forward:
+        tape.arg_names = _argument_names(f, len(args))
     if forward:
         tape.tangent_rule = tangent_of
     with tape:

@@ -147,7 +147,7 @@ class Tape:
     >>> import nnflow.ad as ad
     >>> val, tape = ad.trace(lambda x: np.exp(x).sum(), np.ones(3))
     >>> print(tape)  # doctest: +NORMALIZE_WHITESPACE
-    %1 = input x[0]     float64[3]
+    %1 = input x        float64[3]
     %2 = exp(%1)        float64[3]
     %3 = sum(%2)        float64[]
     return %3
@@ -166,6 +166,7 @@ class Tape:
         self.active = False
         self.tangent_rule: Callable | None = None  # set by forward mode
         self.forward_count = 0  # node numbering when nodes are not kept
+        self.arg_names: list[str] = []  # how inputs are labelled when printed
 
     # -- recording ----------------------------------------------------------------------
     def __enter__(self):
@@ -227,7 +228,9 @@ class Tape:
         for node in self.nodes:
             if node.is_input:
                 arg, path = node.label
-                where = f"x[{arg}]" + "".join(f".{p}" if isinstance(p, str) else f"[{p}]" for p in path)
+                names = self.arg_names
+                where = names[arg] if arg < len(names) else f"args[{arg}]"
+                where += "".join(f".{p}" if isinstance(p, str) else f"[{p!r}]" for p in path)
                 call = f"input {where}"
             else:
                 args, kwargs = self._args_with_refs(node)

@@ -21,7 +21,7 @@ from .tape import Node
 
 _NDARRAY = np.ndarray
 
-__all__ = ["Tracer", "record", "is_floating"]
+__all__ = ["Tracer", "record", "record_source", "is_floating"]
 
 _FLOAT_KINDS = "fc"
 
@@ -131,6 +131,25 @@ def _finish(fn, raw, parents, out, diff, tape):
         node = Node(len(nodes) + 1, fn, raw, _NO_KWARGS, parents, out, diff)
         nodes.append(node)
     return Tracer(out, tape, node, diff)
+
+
+def record_source(fn, args: tuple, kwargs: dict | None = None):
+    """Call ``fn`` (which takes no traced input, e.g. a random draw) and record the call.
+
+    The call becomes a node on every active tape, outermost first, each node's value being
+    the tracer of the enclosing tape, so that replaying or compiling any of those tapes calls
+    ``fn`` again instead of reusing the recorded result. Outside tracing it just calls ``fn``.
+
+    >>> record_source(np.zeros, ((2,),)).tolist()
+    [0.0, 0.0]
+    """
+    from .tape import active_tapes
+
+    kwargs = kwargs or _NO_KWARGS
+    value = fn(*args, **kwargs)
+    for tape in active_tapes():
+        value = Tracer(value, tape, tape.add(fn, tuple(args), kwargs, [], value, False), False)
+    return value
 
 
 def _escaped():

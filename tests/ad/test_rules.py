@@ -36,16 +36,23 @@ def test_first_order(case):
 
 @pytest.mark.parametrize("case", SECOND_ORDER, ids=[c.label for c in SECOND_ORDER])
 def test_second_order(case):
-    loss = _weighted(case)
+    """Gradcheck the gradient itself, w.r.t. the inputs and the output cotangent ``weights``.
+
+    Differentiating w.r.t. ``weights`` runs each rule's own rules even for linear functions,
+    whose second derivative w.r.t. the inputs is zero.
+    """
+    weights = _weights(np.shape(case.call(*case.args)))
     directions = [_weights(np.shape(a), seed=11 + i) for i, a in enumerate(case.args)]
 
-    def directional_gradient(*args):
-        g = ad.grad(loss, *args)[1]
+    def directional_gradient(*args_and_weights):
+        *args, w = args_and_weights
+        g = ad.grad(lambda *a: np.sum(case.call(*a) * w), *args)[1]
         return sum(np.sum(gi * d) for gi, d in zip(g, directions, strict=True))
 
     ad.gradcheck(
         directional_gradient,
         *case.args,
+        weights,
         eps=max(case.eps, 1e-5),
         atol=max(case.atol, 1e-5) * 10,
         rtol=max(case.rtol, 1e-4) * 10,

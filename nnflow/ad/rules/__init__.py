@@ -17,10 +17,24 @@ for _family in FAMILIES:
             raise
 
 
+_EXTERNAL: list[Case] = []  # cases of rules registered outside nnflow.ad (layers, users)
+
+
+def register_cases(cases) -> None:
+    """Add sample cases for rules registered outside ``nnflow.ad`` (``nnflow.layers``' conv
+    and linear rules, a user's ``@ad.diffrule``), so the registry test checks them too.
+
+    >>> import numpy as np
+    >>> register_cases([])  # e.g. [Case(my_fn, my_fn, (np.ones(3),), "vector")]
+    """
+    _EXTERNAL.extend(cases)
+
+
 def rule_cases() -> list[Case]:
     """Every sample case of every rule family (what the registry test runs).
 
     >>> len(rule_cases()) > 100
     True
     """
-    return [case for module in _modules for case in getattr(module, "CASES", ())]
+    own = [case for module in _modules for case in getattr(module, "CASES", ())]
+    return own + list(_EXTERNAL)

@@ -23,8 +23,9 @@ class Case:
             ``axis`` are closed over).
         args: the float64 inputs, differentiated all at once.
         name: shown in the test id.
-        second_order: whether the second-order check applies (off for piecewise-linear
-            functions whose second derivative is zero almost everywhere, where it adds nothing).
+        second_order: whether the second-order check applies; off only when the sample sits
+            exactly on a kink on purpose (ties of ``maximum``), where finite differences of the
+            gradient are meaningless.
         eps, atol, rtol: finite-difference settings for ill-conditioned functions.
 
     >>> c = Case(np.exp, np.exp, (sample(3),), "vector")

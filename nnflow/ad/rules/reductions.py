@@ -157,7 +157,7 @@ CASES = [
     *_reduction_cases(np.mean),
     *_reduction_cases(np.prod, order2=True),
     Case(np.prod, lambda a: np.prod(a - _ZERO_AT_1, axis=0), (_AT_ZERO,), "exact-zero"),
-    *[c for fn in (np.max, np.amax, np.min, np.amin) for c in _reduction_cases(fn, order2=False)],
+    *[c for fn in (np.max, np.amax, np.min, np.amin) for c in _reduction_cases(fn)],
     Case(np.max, lambda a: np.max(np.concatenate([a, a]), axis=0), (sample(3),), "ties", False),
     *_reduction_cases(np.var),
     *_reduction_cases(np.var, ddof=1)[:3],
