@@ -21,7 +21,8 @@ gradient dicts, while state the differentiated function assigns to them is still
 from __future__ import annotations
 
 import types
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

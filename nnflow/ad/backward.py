@@ -117,7 +117,11 @@ def backward(tape: Tape, output: Node, seed, stop: int | None = None) -> dict[in
             if g is None:
                 continue
             value = parent.value
-            if g.__class__ is not value.__class__ or g.shape != value.shape or g.dtype != value.dtype:
+            if (
+                g.__class__ is not value.__class__
+                or g.shape != value.shape
+                or g.dtype != value.dtype
+            ):
                 g = fit_cotangent(g, parent, node, name)
             previous = cotangents.get(parent.index)
             cotangents[parent.index] = g if previous is None else previous + g

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class _Inputs:
     def restore(self) -> None:
         """Put concrete values back into argument objects; remember assigned state."""
         tape = self.tape
-        for i, (arg, kind) in enumerate(zip(self.wrapped, self.kinds)):
+        for i, (arg, kind) in enumerate(zip(self.wrapped, self.kinds, strict=True)):
             if kind != "tree":
                 continue
             inputs = self.nodes[i]
@@ -149,7 +150,7 @@ def _run(f, args, kwargs, wrt=None, tangents=None, forward=False):
 
 def _assemble(inputs: _Inputs, cotangents: dict, wrt) -> list:
     grads = []
-    for i, (kind, nodes) in enumerate(zip(inputs.kinds, inputs.nodes)):
+    for i, (kind, nodes) in enumerate(zip(inputs.kinds, inputs.nodes, strict=True)):
         if kind is None or (wrt is not None and i not in wrt):
             grads.append(None)
         elif kind == "tree":

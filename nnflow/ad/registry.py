@@ -25,8 +25,9 @@ locally, one node at a time, which is still forward-mode accumulation.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,8 @@ The active-tape stack below is, with the rule registry, the only global state of
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ def active_tapes() -> tuple[Tape, ...]:
     return tuple(_ACTIVE)
 
 
-class GuardFailure(Exception):
+class GuardFailure(Exception):  # noqa: N818  (a failed guard, not a bug)
     """A replay took a different branch than the recording (a guard did not hold)."""
 
 
@@ -257,7 +258,7 @@ class Tape:
         from ..tree import get_path, set_path
 
         values: dict[int, Any] = {}
-        for node, (arg_index, path) in zip(self.inputs, self.input_paths):
+        for node, (arg_index, path) in zip(self.inputs, self.input_paths, strict=True):
             new = get_path(args[arg_index], path)
             if np.shape(new) != np.shape(node.value):
                 raise ValueError(

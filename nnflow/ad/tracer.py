@@ -366,7 +366,7 @@ class Tracer:
     size = property(lambda self: np.size(self.value))
     dtype = property(lambda self: self.value.dtype)
     T = property(lambda self: np.transpose(self))
-    mT = property(lambda self: np.swapaxes(self, -1, -2))
+    mT = property(lambda self: np.swapaxes(self, -1, -2))  # noqa: N815  (NumPy's name)
 
     def __len__(self):
         return len(self.value)

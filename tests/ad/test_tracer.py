@@ -14,8 +14,10 @@ def check(f, *args):
     """f runs on tracers, gives NumPy's value, and its gradient matches finite differences."""
     val, _ = ad.grad(lambda *a: np.sum(f(*a)), *args)
     np.testing.assert_allclose(val, np.sum(f(*args)))
-    ad.gradcheck(lambda *a: np.sum(f(*a) * np.cos(np.arange(np.size(f(*args))))
-                                   .reshape(np.shape(f(*args)))), *args)
+    ad.gradcheck(
+        lambda *a: np.sum(f(*a) * np.cos(np.arange(np.size(f(*args)))).reshape(np.shape(f(*args)))),
+        *args,
+    )
 
 
 OPERATORS = {

@@ -7,8 +7,9 @@ one (first and second order) and fails when a registered rule has no case.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -75,8 +75,14 @@ BINARY = {  # (d first, d second)
     np.divide: (lambda dy, y, a, b: dy / b, lambda dy, y, a, b: -dy * y / b),
     np.power: (_power_base, _power_exponent),
     np.float_power: (_float_power_base, _power_exponent),
-    np.maximum: (lambda dy, y, a, b: dy * _max_share(a, b), lambda dy, y, a, b: dy * _max_share(b, a)),
-    np.minimum: (lambda dy, y, a, b: dy * _max_share(b, a), lambda dy, y, a, b: dy * _max_share(a, b)),
+    np.maximum: (
+        lambda dy, y, a, b: dy * _max_share(a, b),
+        lambda dy, y, a, b: dy * _max_share(b, a),
+    ),
+    np.minimum: (
+        lambda dy, y, a, b: dy * _max_share(b, a),
+        lambda dy, y, a, b: dy * _max_share(a, b),
+    ),
     np.fmax: (lambda dy, y, a, b: dy * _max_share(a, b), lambda dy, y, a, b: dy * _max_share(b, a)),
     np.fmin: (lambda dy, y, a, b: dy * _max_share(b, a), lambda dy, y, a, b: dy * _max_share(a, b)),
     np.hypot: (lambda dy, y, a, b: dy * a / y, lambda dy, y, a, b: dy * b / y),
@@ -199,22 +205,47 @@ def _binary_cases():
         yield Case(fn, call, (make(2, 3, 4), make(3, 1, seed=2) + 0.25), "broadcast", order2)
         yield Case(fn, call, (make(4, seed=3), make(2, 4, seed=4) + 0.25), "left-broadcast", order2)
         yield Case(fn, lambda a, fn=fn: fn(a, 1.5), (make(3),), "scalar-second", order2)
-        yield Case(fn, lambda b, fn=fn: fn(1.5, b), (make(3, seed=5) + 0.25,), "scalar-first", order2)
+        yield Case(
+            fn, lambda b, fn=fn: fn(1.5, b), (make(3, seed=5) + 0.25,), "scalar-first", order2
+        )
 
 
 CASES = [
     *_unary_cases(),
     *_binary_cases(),
-    Case(np.maximum, lambda a: np.maximum(a, np.array([0.2, 0.2])), (np.array([0.2, 1.0]),),
-         "tie-split", False),  # fmt: skip
-    Case(np.where, lambda a, b: np.where(a > 0, a, b), (sample(3, 4), sample(3, 4, seed=9)), "both"),
+    Case(
+        np.maximum,
+        lambda a: np.maximum(a, np.array([0.2, 0.2])),
+        (np.array([0.2, 1.0]),),
+        "tie-split",
+        False,
+    ),  # fmt: skip
+    Case(
+        np.where, lambda a, b: np.where(a > 0, a, b), (sample(3, 4), sample(3, 4, seed=9)), "both"
+    ),
     Case(np.where, lambda a: np.where(a > 0, a * a, 0.0), (sample(2, 5),), "scalar-branch"),
-    Case(np.where, lambda b: np.where(np.array([True, False, True]), 2.0, b), (sample(2, 3),),
-         "broadcast-y"),  # fmt: skip
+    Case(
+        np.where,
+        lambda b: np.where(np.array([True, False, True]), 2.0, b),
+        (sample(2, 3),),
+        "broadcast-y",
+    ),  # fmt: skip
     Case(np.clip, lambda a: np.clip(a, -0.5, 0.5), (sample(4, 5),), "constant-bounds"),
-    Case(np.clip, lambda a, lo, hi: np.clip(a, lo, hi),
-         (sample(3, 4), sample(3, 4, seed=1) - 0.5, sample(4, seed=2) + 0.5), "traced-bounds"),
+    Case(
+        np.clip,
+        lambda a, lo, hi: np.clip(a, lo, hi),
+        (sample(3, 4), sample(3, 4, seed=1) - 0.5, sample(4, seed=2) + 0.5),
+        "traced-bounds",
+    ),
     Case(np.clip, lambda a: np.clip(a, None, 0.3), (sample(6),), "upper-only"),
-    Case(astype, lambda x: astype(x * x, np.float32).astype(np.float64) * 2.0, (sample(3),),
-         "roundtrip", False, eps=1e-3, atol=1e-2, rtol=1e-2),  # fmt: skip
+    Case(
+        astype,
+        lambda x: astype(x * x, np.float32).astype(np.float64) * 2.0,
+        (sample(3),),
+        "roundtrip",
+        False,
+        eps=1e-3,
+        atol=1e-2,
+        rtol=1e-2,
+    ),  # fmt: skip
 ]
