@@ -24,8 +24,19 @@ def main() -> None:
     for i, name in enumerate(("W", "b", "x")):
         print(f"df/d{name}: shape {g[i].shape}, dtype {g[i].dtype}")
 
-    print("\nThe recorded tape (forward and backward):")
+    print("\nThe forward tape that ad.grad recorded:")
     print(g.tape)
+
+    # The backward pass is recorded too when grad itself is traced: one straight-line tape
+    # of forward and backward operations, replayable on new inputs.
+    _, full = ad.trace(lambda W, b, x: ad.grad(f, W, b, x)[1][0], W, b, x)
+    print(f"\nForward + backward tape for df/dW ({len(full)} operations):")
+    print(full)
+    replayed = full.play(W * 2, b, x)
+    print(
+        "replayed on 2W, equals a fresh ad.grad:",
+        np.allclose(replayed, ad.grad(f, W * 2, b, x)[1][0]),
+    )
 
     ad.gradcheck(f, W, b, x)  # raises, naming the argument and worst entry, on a mismatch
     print("\ngradcheck passed")
