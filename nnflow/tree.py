@@ -85,14 +85,15 @@ def _children(obj) -> Iterator[tuple[Any, Any]]:
                 yield name, getattr(obj, name)
 
 
-def _walk(obj: Any, prefix: tuple) -> list[tuple[tuple, Any, bool]]:
-    """``(path, array, is_buffer)`` for every leaf, depth first, each array once."""
+def _walk(obj: Any, prefix: tuple, unique: bool = True) -> list[tuple[tuple, Any, bool]]:
+    """``(path, array, is_buffer)`` for every leaf, depth first, each array once (or at every
+    path that holds it, with ``unique=False``)."""
     out: list[tuple[tuple, Any, bool]] = []
     seen: set[int] = set()
 
     def walk(x, path, frozen):
         if is_array(x):
-            if id(x) not in seen:
+            if not unique or id(x) not in seen:
                 seen.add(id(x))
                 out.append((path, x, frozen))
             return
@@ -107,16 +108,20 @@ def _walk(obj: Any, prefix: tuple) -> list[tuple[tuple, Any, bool]]:
     return out
 
 
-def leaves(obj: Any, prefix: tuple = (), *, buffers: bool = True) -> list[tuple[tuple, Any]]:
+def leaves(
+    obj: Any, prefix: tuple = (), *, buffers: bool = True, unique: bool = True
+) -> list[tuple[tuple, Any]]:
     """All ``(path, array)`` pairs reachable from ``obj``, depth first, in definition order.
 
     With ``buffers=False``, arrays registered as buffers (see the module docstring) are left
-    out.
+    out. An array reachable at several paths (tied weights) is listed at its first path only,
+    unless ``unique=False``.
 
     >>> leaves({"a": np.zeros(1), "b": [np.ones(2)]})[1][0]
     ('b', 0)
     """
-    return [(path, x) for path, x, frozen in _walk(obj, prefix) if buffers or not frozen]
+    walked = _walk(obj, prefix, unique)
+    return [(path, x) for path, x, frozen in walked if buffers or not frozen]
 
 
 def buffer_paths(obj: Any) -> set[tuple]:

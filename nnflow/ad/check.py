@@ -87,19 +87,26 @@ def gradcheck(
 
 
 def _central_difference(f, args, i, path, base, idx, eps, kwargs):
+    """Central difference along one entry, perturbing the array in place (so that an array
+    held at several paths, tied weights, moves everywhere at once) and restoring it."""
+    leaf = get_path(args[i], path) if path else args[i]
+    in_place = isinstance(leaf, np.ndarray) and leaf.ndim > 0 and leaf.flags.writeable
+
     def at(delta):
-        x = base.copy()
-        if base.ndim:
-            x[idx] += delta
+        if in_place:
+            leaf[idx] = base[idx] + delta
+            new_args = args
         else:
-            x = x + delta
-        if isinstance(get_path(args[i], path) if path else args[i], float):
-            x = float(x)
-        new_args = _with(args, i, path, x)
+            x = base + delta
+            x = float(x) if isinstance(leaf, float) else x
+            new_args = _with(args, i, path, x)
         out = f(*new_args, **kwargs)
         return float(np.asarray(out, dtype=np.float64).reshape(()))
 
     try:
         return (at(eps) - at(-eps)) / (2 * eps)
     finally:
-        _with(args, i, path, base if not isinstance(base, float) else float(base))
+        if in_place:
+            leaf[idx] = base[idx]
+        else:
+            _with(args, i, path, leaf)

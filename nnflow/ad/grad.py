@@ -48,6 +48,7 @@ class _Inputs:
 
     def __init__(self, tape: Tape, args: Sequence, wrt, tangents=None):
         self.tape, self.kinds, self.nodes = tape, [], []
+        self.held: dict[tuple, object] = {}  # (arg index, path) -> input node, all paths
         wrapped = []
         for i, arg in enumerate(args):
             allowed = wrt is None or i in wrt
@@ -67,13 +68,17 @@ class _Inputs:
                 self.kinds.append(None)
                 self.nodes.append(None)
             else:
-                found = {}
+                found, by_id = {}, {}
                 frozen = buffer_paths(arg)  # buffers: inputs, never differentiated
-                for path, leaf in leaves(arg):
-                    sub = get_path(tangent, path) if tangent is not None else None
-                    t = self._input(leaf, allowed and path not in frozen, i, path, sub)
+                for path, leaf in leaves(arg, unique=False):
+                    t = by_id.get(id(leaf))  # an array held at several paths (tied weights)
+                    if t is None:
+                        sub = get_path(tangent, path) if tangent is not None else None
+                        t = self._input(leaf, allowed and path not in frozen, i, path, sub)
+                        by_id[id(leaf)] = t
+                        found[path] = t.node
+                    self.held[(i, path)] = t.node
                     arg = set_path(arg, path, t)
-                    found[path] = t.node
                 wrapped.append(arg)
                 self.kinds.append("tree" if found else None)
                 self.nodes.append(found)
@@ -90,10 +95,9 @@ class _Inputs:
         for i, (arg, kind) in enumerate(zip(self.wrapped, self.kinds, strict=True)):
             if kind != "tree":
                 continue
-            inputs = self.nodes[i]
-            for path, leaf in leaves(arg):
+            for path, leaf in leaves(arg, unique=False):
                 if type(leaf) is Tracer and leaf.tape is tape:
-                    if inputs.get(path) is not leaf.node:
+                    if self.held.get((i, path)) is not leaf.node:
                         tape.state.append((i, path, _Ref(leaf.node.index)))
                     set_path(arg, path, leaf.value)
 

@@ -136,7 +136,9 @@ def place(structure, location: tuple, value):
         return out
     items = list(structure)
     items[key] = place(items[key], rest, value) if rest else value
-    return type(structure)(items) if isinstance(structure, tuple) else items
+    if not isinstance(structure, tuple):
+        return items
+    return type(structure)(*items) if hasattr(structure, "_fields") else type(structure)(items)
 
 
 class Tape:
@@ -295,7 +297,9 @@ def _resolve(structure, values):
         return values[structure.index]
     if isinstance(structure, (list, tuple)):
         items = [_resolve(s, values) for s in structure]
-        return type(structure)(items) if isinstance(structure, tuple) else items
+        if not isinstance(structure, tuple):
+            return items
+        return type(structure)(*items) if hasattr(structure, "_fields") else tuple(items)
     if isinstance(structure, dict):
         return {k: _resolve(v, values) for k, v in structure.items()}
     return structure

@@ -245,3 +245,24 @@ def test_gradcheck_names_the_path_in_objects():
     with pytest.raises(ad.GradcheckError, match="layer.weight"):
         ad.gradcheck(lambda p: np.sum(double(p["layer"]["weight"])), params)
     np.testing.assert_array_equal(params["layer"]["weight"], [1.0, 2.0])  # restored
+
+
+def test_tied_weights_get_one_summed_gradient():
+    class Tied:
+        def __init__(self):
+            self.encoder = {"weight": np.array([[1.0, 2.0], [3.0, 4.0]])}
+            self.decoder = {"weight": self.encoder["weight"]}  # the same array object
+
+    m = Tied()
+    x = np.array([1.0, -1.0])
+
+    def f(m):
+        return np.sum(m.decoder["weight"].T @ (m.encoder["weight"] @ x))
+
+    _, g = ad.grad(f, m)
+    assert set(g[0]) == {("encoder", "weight")}
+    W = m.encoder["weight"]
+    expected = np.outer(W @ np.ones(2), x) + np.outer(W @ x, np.ones(2))
+    np.testing.assert_allclose(g[0][("encoder", "weight")], expected)
+    assert m.decoder["weight"] is m.encoder["weight"]  # still tied, still a plain array
+    ad.gradcheck(f, m)
