@@ -229,3 +229,18 @@ def test_like_functions_and_static_queries():
         return np.sum(x + z + np.ones_like(x))
 
     check(f, X)
+
+
+def test_traced_mask_used_on_a_plain_array_becomes_an_array_guard():
+    table = np.arange(3.0)
+
+    def f(x):
+        return np.sum(x * table[x > 0].sum())
+
+    x = np.array([1.0, -1.0, 2.0])
+    _, g = ad.grad(f, x)
+    np.testing.assert_array_equal(g[0], np.full(3, 2.0))
+    assert "guard_array" in str(g.tape)
+    assert float(g.tape.play(x * 3)) == float(f(x * 3))  # same mask: replay is fine
+    with pytest.raises(ad.GuardFailure):
+        g.tape.play(np.array([-1.0, 1.0, 2.0]))  # other mask: the replay refuses
