@@ -9,6 +9,7 @@
 
 from . import rules  # noqa: F401  (registers every rule table)
 from .check import GradcheckError, gradcheck
+from .compile import CompiledGrad, CompiledTape, RetraceWarning, compile, compile_grad
 from .custom import diffrule, nodiff, primitive, stop_gradient
 from .errors import ADError, NonScalarError, NoRuleError, RuleShapeError, TracerError
 from .grad import (
@@ -30,15 +31,20 @@ from .tracer import Tracer
 
 __all__ = [
     "ADError",
+    "CompiledGrad",
+    "CompiledTape",
     "GradcheckError",
     "GradientResult",
     "GuardFailure",
     "NoRuleError",
     "NonScalarError",
+    "RetraceWarning",
     "RuleShapeError",
     "Tape",
     "Tracer",
     "TracerError",
+    "compile",
+    "compile_grad",
     "diffrule",
     "grad",
     "gradcheck",

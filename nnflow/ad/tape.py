@@ -267,7 +267,8 @@ class Tape:
                     f"tape.play: input {arg_index} at {path} has shape {np.shape(new)}, "
                     f"the tape was recorded with {np.shape(node.value)}"
                 )
-            values[node.index] = new
+            # a Python float was recorded as float64 (as grad traces it): same promotions
+            values[node.index] = np.float64(new) if type(new) is float else new
         for node in self.nodes:
             if node.is_input:
                 continue

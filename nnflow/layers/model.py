@@ -20,7 +20,8 @@ records them as constants and never returns a gradient for them.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -1,0 +1,1 @@
+"""Benchmarks for nnflow (run them as scripts; see README.md)."""

@@ -1,0 +1,7 @@
+"""``python -m nnflow``: the same as the ``nnflow`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+"""nnflow.data: batching (``DataLoader``), a shipped dataset and MNIST-format downloads.
+
+>>> from nnflow.data import DataLoader, digits
+>>> train = DataLoader(digits("train"), batch_size=64, seed=0)
+>>> x, y = next(iter(train))
+>>> x.shape, y.shape
+((64, 1, 8, 8), (64,))
+"""
+
+from .datasets import cache_dir, digits, fashion_mnist, mnist
+from .idx import IDXError, read_idx, write_idx
+from .loader import DataLoader
+
+__all__ = [
+    "DataLoader",
+    "IDXError",
+    "cache_dir",
+    "digits",
+    "fashion_mnist",
+    "mnist",
+    "read_idx",
+    "write_idx",
+]

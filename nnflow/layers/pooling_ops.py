@@ -1,0 +1,221 @@
+"""Pooling primitives over ``(N, C, H, W)`` and their derivative rules.
+
+NumPy reductions over the small, strided window axes of a reshaped array are slow (a 2x2
+``np.max`` over axes (3, 5) costs 25x the three ``np.maximum`` calls on strided views), and
+the per-slice gradient of a composed version allocates a full-size zero array per kernel
+offset. So pooling is done by primitives that loop over the ``kh * kw`` kernel offsets (never
+over pixels), each offset one strided view:
+
+- ``max_pool2d(x, ...)``; its rule routes ``dy`` to each window's first maximal entry
+  (PyTorch's choice for ties) with ``max_pool2d_scatter``, whose rule is ``max_pool2d_gather``
+  (read ``g`` at the same winners) and vice versa: gradients of every order stay on the tape.
+  The winners depend on ``x`` and ``y`` only through comparisons, so those arguments carry no
+  gradient (``ad.nodiff``).
+- ``avg_pool2d(x, ...)`` (zero padding counted, PyTorch's default) and its transpose
+  ``avg_pool2d_transpose(dy, ...)``, each the other's derivative.
+
+Geometry: ``kernel (kh, kw)``, ``stride (sh, sw)``, ``padding (ph, pw)`` (symmetric).
+
+>>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), (2, 2), (2, 2), (0, 0))[0, 0].tolist()
+[[5.0, 7.0], [13.0, 15.0]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ad
+from ..ad.rules import Case, register_cases
+from ..backend import get_array_module
+
+__all__ = [
+    "max_pool2d",
+    "max_pool2d_scatter",
+    "max_pool2d_gather",
+    "avg_pool2d",
+    "avg_pool2d_transpose",
+    "pool_output_size",
+]
+
+
+def pool_output_size(shape, kernel, stride, padding) -> tuple[int, int]:
+    """``(Ho, Wo)`` of pooling an ``(N, C, H, W)`` input.
+
+    >>> pool_output_size((1, 1, 7, 6), (3, 3), (2, 2), (1, 1))
+    (4, 3)
+    """
+    return tuple((shape[2 + a] + 2 * padding[a] - kernel[a]) // stride[a] + 1 for a in (0, 1))
+
+
+def _pad(x, padding, fill):
+    if not any(padding):
+        return x
+    (ph, pw), xp = padding, get_array_module(x)
+    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+
+
+def _offsets(kernel, stride, out):
+    """``(i, j, rows, cols)`` slices of the padded input for each kernel offset."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out
+    for i in range(kh):
+        for j in range(kw):
+            yield slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+
+
+def _winners(x, y, kernel, stride, padding):
+    """For each kernel offset, ``(rows, cols, mask)``: where that offset holds the first
+    maximum of its window (the masks partition the windows)."""
+    xp = _pad(x, padding, -np.inf)
+    taken = None
+    for rows, cols in _offsets(kernel, stride, y.shape[2:]):
+        mask = xp[:, :, rows, cols] == y
+        if taken is None:
+            taken = mask
+        else:
+            mask &= ~taken
+            taken |= mask
+        yield rows, cols, mask
+
+
+@ad.primitive
+def max_pool2d(x, kernel, stride, padding):
+    """The maximum of each window (padding counts as ``-inf``).
+
+    >>> max_pool2d(np.ones((2, 3, 5, 5)), (3, 3), (1, 1), (1, 1)).shape
+    (2, 3, 5, 5)
+    """
+    out = pool_output_size(x.shape, kernel, stride, padding)
+    xp = get_array_module(x)
+    padded = _pad(x, padding, -np.inf)
+    y = None
+    for rows, cols in _offsets(kernel, stride, out):
+        view = padded[:, :, rows, cols]
+        y = view.copy() if y is None else xp.maximum(y, view, out=y)
+    return y
+
+
+@ad.primitive
+def max_pool2d_scatter(dy, x, y, kernel, stride, padding):
+    """``dy`` routed back to each window's winner: the gradient of ``max_pool2d`` w.r.t. ``x``.
+
+    >>> x = np.array([[[[1.0, 3.0], [3.0, 0.0]]]])
+    >>> max_pool2d_scatter(np.ones((1, 1, 1, 1)), x, np.array([[[[3.0]]]]), (2, 2), (2, 2),
+    ...                    (0, 0))[0, 0].tolist()
+    [[0.0, 1.0], [0.0, 0.0]]
+    """
+    (ph, pw), (h, w) = padding, x.shape[2:]
+    xp = get_array_module(dy)
+    dx = xp.zeros((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    for rows, cols, mask in _winners(x, y, kernel, stride, padding):
+        dx[:, :, rows, cols] += dy * mask
+    return dx[:, :, ph : ph + h, pw : pw + w] if ph or pw else dx
+
+
+@ad.primitive
+def max_pool2d_gather(g, x, y, kernel, stride, padding):
+    """``g`` (shaped like ``x``) read at each window's winner: the transpose of the scatter.
+
+    >>> x = np.array([[[[1.0, 3.0], [3.0, 0.0]]]])
+    >>> float(max_pool2d_gather(np.arange(4.0).reshape(1, 1, 2, 2), x, np.array([[[[3.0]]]]),
+    ...                         (2, 2), (2, 2), (0, 0))[0, 0, 0, 0])
+    1.0
+    """
+    gp = _pad(g, padding, 0.0)
+    out = get_array_module(g).zeros(y.shape, dtype=g.dtype)
+    for rows, cols, mask in _winners(x, y, kernel, stride, padding):
+        out += gp[:, :, rows, cols] * mask
+    return out
+
+
+@ad.primitive
+def avg_pool2d(x, kernel, stride, padding):
+    """The mean of each window, zero padding included in the count.
+
+    >>> avg_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), (2, 2), (2, 2), (0, 0))[0, 0].tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
+    """
+    out = pool_output_size(x.shape, kernel, stride, padding)
+    padded = _pad(x, padding, 0.0)
+    y = None
+    for rows, cols in _offsets(kernel, stride, out):
+        view = padded[:, :, rows, cols]
+        y = view.copy() if y is None else get_array_module(x).add(y, view, out=y)
+    y *= 1.0 / math.prod(kernel)
+    return y
+
+
+@ad.primitive
+def avg_pool2d_transpose(dy, input_size, kernel, stride, padding):
+    """The transpose of ``avg_pool2d``: each ``dy / (kh kw)`` spread over its window.
+
+    >>> avg_pool2d_transpose(np.ones((1, 1, 1, 1)), (2, 2), (2, 2), (2, 2), (0, 0))[0, 0].tolist()
+    [[0.25, 0.25], [0.25, 0.25]]
+    """
+    (ph, pw), (h, w) = padding, input_size
+    xp = get_array_module(dy)
+    dx = xp.zeros(dy.shape[:2] + (h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    share = dy * (1.0 / math.prod(kernel))
+    for rows, cols in _offsets(kernel, stride, dy.shape[2:]):
+        dx[:, :, rows, cols] += share
+    return dx[:, :, ph : ph + h, pw : pw + w] if ph or pw else dx
+
+
+# -- rules ----------------------------------------------------------------------------------------
+@ad.diffrule(max_pool2d, "x")
+def _max_pool_dx(dy, y, x, kernel, stride, padding):
+    return max_pool2d_scatter(dy, x, y, kernel, stride, padding)
+
+
+@ad.diffrule(max_pool2d_scatter, "dy")
+def _scatter_ddy(g, out, dy, x, y, kernel, stride, padding):
+    return max_pool2d_gather(g, x, y, kernel, stride, padding)
+
+
+@ad.diffrule(max_pool2d_gather, "g")
+def _gather_dg(dz, out, g, x, y, kernel, stride, padding):
+    return max_pool2d_scatter(dz, x, y, kernel, stride, padding)
+
+
+for _fn in (max_pool2d_scatter, max_pool2d_gather):
+    ad.nodiff(_fn, "x")
+    ad.nodiff(_fn, "y")
+
+
+@ad.diffrule(avg_pool2d, "x")
+def _avg_pool_dx(dy, y, x, kernel, stride, padding):
+    return avg_pool2d_transpose(dy, x.shape[2:], kernel, stride, padding)
+
+
+@ad.diffrule(avg_pool2d_transpose, "dy")
+def _avg_pool_transpose_ddy(g, out, dy, input_size, kernel, stride, padding):
+    return avg_pool2d(g, kernel, stride, padding)
+
+
+# -- sample cases ---------------------------------------------------------------------------------
+def _cases() -> list[Case]:
+    rng = np.random.default_rng(0)
+    cases = []
+    for name, (shape, geo) in {
+        "tiles": ((2, 2, 4, 6), ((2, 2), (2, 2), (0, 0))),
+        "overlap-pad": ((1, 2, 5, 5), ((3, 3), (2, 2), (1, 1))),
+        "uneven": ((1, 1, 5, 7), ((2, 3), (1, 2), (1, 0))),
+    }.items():
+        x = rng.normal(size=shape)
+        y = max_pool2d(x, *geo)
+        dy, g = rng.normal(size=y.shape), rng.normal(size=shape)
+        cases += [
+            Case(max_pool2d, lambda x, geo=geo: max_pool2d(x, *geo), (x,), name),
+            Case(max_pool2d_scatter, lambda dy, x=x, y=y, geo=geo: max_pool2d_scatter(
+                dy, x, y, *geo), (dy,), name),  # fmt: skip
+            Case(max_pool2d_gather, lambda g, x=x, y=y, geo=geo: max_pool2d_gather(
+                g, x, y, *geo), (g,), name),  # fmt: skip
+            Case(avg_pool2d, lambda x, geo=geo: avg_pool2d(x, *geo), (x,), name),
+            Case(avg_pool2d_transpose, lambda dy, s=shape[2:], geo=geo: avg_pool2d_transpose(
+                dy, s, *geo), (dy,), name),  # fmt: skip
+        ]
+    return cases
+
+
+register_cases(_cases())

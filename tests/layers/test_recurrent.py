@@ -1,0 +1,232 @@
+"""Recurrent cells, Recur (with the survey's case), and the sequence layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import check_model_grads, rand
+
+from nnflow import ad
+from nnflow.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, Model, Recur, RNNCell, ShapeError
+
+
+def sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# -- plain NumPy references, gate orders as PyTorch documents them -------------------------------
+def ref_rnn(cell, x, h):
+    return np.tanh(x @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh)
+
+
+def ref_lstm(cell, x, h, c, suffix=""):
+    p = {n: getattr(cell, n + suffix) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    z = x @ p["weight_ih"].T + p["bias_ih"] + h @ p["weight_hh"].T + p["bias_hh"]
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    return sig(o) * np.tanh(c), c
+
+
+def ref_gru(cell, x, h, suffix=""):
+    p = {n: getattr(cell, n + suffix) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    gi = x @ p["weight_ih"].T + p["bias_ih"]
+    gh = h @ p["weight_hh"].T + p["bias_hh"]
+    (ir, iz, inn), (hr, hz, hn) = np.split(gi, 3, -1), np.split(gh, 3, -1)
+    r, z = sig(ir + hr), sig(iz + hz)
+    n = np.tanh(inn + r * hn)
+    return (1 - z) * n + z * h
+
+
+F64 = {"rng": 0, "dtype": np.float64}
+
+
+def test_rnn_cell_forward_gradcheck_relu_and_shapes():
+    cell = RNNCell(3, 4, **F64)
+    assert cell.weight_ih.shape == (4, 3) and cell.weight_hh.shape == (4, 4)
+    x, h = rand(2, 3), rand(2, 4, seed=1)
+    np.testing.assert_allclose(cell(x, h), ref_rnn(cell, x, h), rtol=1e-12)
+    np.testing.assert_allclose(cell(x), ref_rnn(cell, x, np.zeros((2, 4))), rtol=1e-12)
+    check_model_grads(cell, x, h)
+    relu_cell = RNNCell(3, 4, nonlinearity="relu", **F64)
+    pre = x @ relu_cell.weight_ih.T + relu_cell.bias_ih + relu_cell.bias_hh
+    np.testing.assert_allclose(relu_cell(x), np.maximum(pre, 0), rtol=1e-12)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        RNNCell(3, 4, nonlinearity="cube")
+
+
+def test_lstm_cell_forward_gradcheck():
+    cell = LSTMCell(3, 4, **F64)
+    assert cell.weight_ih.shape == (16, 3) and cell.bias_hh.shape == (16,)
+    x, h, c = rand(2, 3), rand(2, 4, seed=1), rand(2, 4, seed=2)
+    for got, want in zip(cell(x, (h, c)), ref_lstm(cell, x, h, c), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+    def loss(m, x, h, c):
+        h1, c1 = m(x, (h, c))
+        return np.sum(h1 * np.arange(4.0)) + np.sum(c1 ** 2)
+
+    ad.gradcheck(loss, cell, x, h, c)
+
+
+def test_gru_cell_forward_gradcheck():
+    cell = GRUCell(3, 4, **F64)
+    assert cell.weight_hh.shape == (12, 4)
+    x, h = rand(2, 3), rand(2, 4, seed=1)
+    np.testing.assert_allclose(cell(x, h), ref_gru(cell, x, h), rtol=1e-12)
+    check_model_grads(cell, x, h)
+
+
+def test_cells_float32_no_bias_and_errors():
+    cell = LSTMCell(3, 4, bias=False, rng=0)
+    assert cell.bias_ih is None and cell.num_parameters() == 16 * 3 + 16 * 4
+    h, c = cell(rand(2, 3, dtype=np.float32))
+    assert h.dtype == np.float32 and c.dtype == np.float32
+    with pytest.raises(ShapeError, match=r"LSTMCell\(3 => 4\) expected input \(\.\.\., 3\)"):
+        cell(rand(2, 5, dtype=np.float32))
+    with pytest.raises(ValueError, match="must be positive"):
+        GRUCell(0, 3)
+
+
+# -- Recur: the survey's case ---------------------------------------------------------------------
+class ScalarCell(Model):
+    """h' = Wi x + Wh h + b, identity activation, scalars."""
+
+    def __init__(self):
+        self.Wi, self.Wh, self.b = np.array(5.0), np.array(4.0), np.array(0.0)
+
+    def forward(self, x, h):
+        return self.Wi * x + self.Wh * h + self.b
+
+
+def second_output(model, xs):
+    outputs = [model(x) for x in xs]
+    return outputs[1]
+
+
+def test_survey_recur_case_with_reset_before_each_call():
+    model = Recur(ScalarCell(), state0=np.array(7.0))
+    for _ in range(2):
+        model.reset()
+        val, g = ad.grad(second_output, model, [2.0, 3.0])
+        assert float(val) == 167.0
+        grads = {k: float(v) for k, v in g[0].items()}
+        assert grads == {("cell", "Wi"): 11.0, ("cell", "Wh"): 66.0, ("cell", "b"): 5.0,
+                         ("state0",): 16.0}  # fmt: skip
+        assert not isinstance(model.state, ad.Tracer) and float(model.state) == 167.0
+
+
+def test_survey_recur_case_second_call_without_reset_is_truncated_bptt():
+    model = Recur(ScalarCell(), state0=np.array(7.0))
+    ad.grad(second_output, model, [2.0, 3.0])
+    val, g = ad.grad(second_output, model, [2.0, 3.0])
+    # h0 = 167 carried in as a constant: h1 = 10 + 4*167 = 678, h2 = 15 + 4*678 = 2727
+    assert float(val) == 2727.0
+    grads = {k: float(v) for k, v in g[0].items()}
+    # dWh = h1 + Wh * h0 = 678 + 668; nothing flows into state0 or the old state
+    assert grads == {("cell", "Wi"): 11.0, ("cell", "Wh"): 1346.0, ("cell", "b"): 5.0,
+                     ("state0",): 0.0}  # fmt: skip
+    assert ("state",) not in g[0]
+    assert float(model.state) == 2727.0
+
+
+def test_survey_case_with_rnncell_identity():
+    cell = RNNCell(1, 1, nonlinearity=lambda h: h, dtype=np.float64)
+    cell.weight_ih, cell.weight_hh = np.array([[5.0]]), np.array([[4.0]])
+    cell.bias_ih, cell.bias_hh = np.zeros(1), np.zeros(1)
+    model = Recur(cell, state0=np.array([7.0]))
+    xs = [np.array([[2.0]]), np.array([[3.0]])]
+    val, g = ad.grad(lambda m, xs: np.sum(second_output(m, xs)), model, xs)
+    assert float(val) == 167.0
+    assert float(g[0][("cell", "weight_ih")][0, 0]) == 11.0
+    assert float(g[0][("cell", "weight_hh")][0, 0]) == 66.0
+    assert float(g[0][("cell", "bias_hh")][0]) == 5.0
+    assert float(g[0][("state0",)][0]) == 16.0
+
+
+def test_recur_lstm_state_reset_and_matches_manual_stepping():
+    cell = LSTMCell(2, 3, **F64)
+    model = Recur(cell)
+    xs = [rand(4, 2, seed=s) for s in range(3)]
+    outs = [model(x) for x in xs]
+    state = None
+    for x, out in zip(xs, outs, strict=True):
+        state = cell(x, state)
+        np.testing.assert_allclose(out, state[0])
+    assert isinstance(model.state, tuple)
+    model.reset()
+    np.testing.assert_allclose(model(xs[0]), outs[0])
+    assert [p for p, _ in model.named_buffers()] == []  # the carried state is not saved
+    assert "Recur(LSTMCell(2 => 3))" in repr(model)
+
+    def loss(m, xs):
+        m.reset()
+        return sum(np.sum(m(x) ** 2) for x in xs)
+
+    ad.gradcheck(loss, model, xs)
+    assert type(model.state[0]) is np.ndarray
+
+
+# -- sequence layers ------------------------------------------------------------------------------
+def test_lstm_sequence_matches_reference_two_layers():
+    lstm = LSTM(3, 4, num_layers=2, **F64)
+    assert [p for p, _ in lstm.parameters()][:4] == [("weight_ih_l0",), ("weight_hh_l0",),
+                                                    ("bias_ih_l0",), ("bias_hh_l0",)]  # fmt: skip
+    x = rand(2, 5, 3)
+    out, (h, c) = lstm(x)
+    inputs = x
+    finals = []
+    for k in range(2):
+        hk, ck = np.zeros((2, 4)), np.zeros((2, 4))
+        outs = []
+        for t in range(5):
+            hk, ck = ref_lstm(lstm, inputs[:, t], hk, ck, f"_l{k}")
+            outs.append(hk)
+        inputs = np.stack(outs, 1)
+        finals.append((hk, ck))
+    np.testing.assert_allclose(out, inputs, rtol=1e-12)
+    np.testing.assert_allclose(h, np.stack([f[0] for f in finals]), rtol=1e-12)
+    np.testing.assert_allclose(c, np.stack([f[1] for f in finals]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer_cls", [RNN, LSTM, GRU])
+def test_sequence_layers_gradcheck_with_initial_state(layer_cls):
+    layer = layer_cls(2, 3, **F64)
+    x = rand(2, 4, 2)
+    count = 2 if layer_cls is LSTM else 1
+    state = tuple(rand(1, 2, 3, seed=5 + i) for i in range(count))
+    state = state if count == 2 else state[0]
+
+    def loss(m, x, state):
+        out, final = m(x, state)
+        final = final if isinstance(final, tuple) else (final,)
+        return np.sum(out * np.arange(3.0)) + sum(np.sum(f ** 2) for f in final)
+
+    ad.gradcheck(loss, layer, x, state)
+
+
+def test_gru_and_rnn_sequences_match_cells():
+    for layer, ref in ((GRU(3, 4, **F64), ref_gru), (RNN(3, 4, **F64), None)):
+        x = rand(2, 3, 3)
+        out, h = layer(x)
+        hk = np.zeros((2, 4))
+        for t in range(3):
+            if ref is None:
+                pre = (x[:, t] @ layer.weight_ih_l0.T + layer.bias_ih_l0
+                       + hk @ layer.weight_hh_l0.T + layer.bias_hh_l0)  # fmt: skip
+                hk = np.tanh(pre)
+            else:
+                hk = ref(layer, x[:, t], hk, "_l0")
+            np.testing.assert_allclose(out[:, t], hk, rtol=1e-12)
+        np.testing.assert_allclose(h[0], hk, rtol=1e-12)
+
+
+def test_sequence_time_first_float32_and_errors():
+    lstm = LSTM(3, 4, batch_first=False, rng=0)
+    out, (h, c) = lstm(rand(5, 2, 3, dtype=np.float32))
+    assert out.shape == (5, 2, 4) and h.shape == (1, 2, 4) and out.dtype == np.float32
+    with pytest.raises(ShapeError, match=r"expected a 3-d input"):
+        LSTM(3, 4)(rand(2, 3))
+    with pytest.raises(ShapeError, match=r"expected initial state \(1, 2, 4\)"):
+        GRU(3, 4)(rand(2, 5, 3, dtype=np.float32), rand(2, 4, dtype=np.float32))
+    with pytest.raises(ValueError, match="num_layers"):
+        RNN(3, 4, num_layers=0)
