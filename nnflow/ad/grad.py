@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -118,6 +119,14 @@ def _concrete(structure, tape: Tape, refs: bool = False):
 
 def _argument_names(f, count: int) -> list[str]:
     """Names for printing a tape's inputs: ``f``'s parameter names where it has them."""
+    try:
+        return list(_cached_argument_names(f, count))
+    except TypeError:  # an unhashable callable
+        return list(_cached_argument_names.__wrapped__(f, count))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_argument_names(f, count: int) -> tuple[str, ...]:
     import inspect
 
     try:
@@ -133,7 +142,7 @@ def _argument_names(f, count: int) -> list[str]:
             names.append(f"{p.name}[{i - params.index(p)}]")
         else:
             names.append(p.name)
-    return names
+    return tuple(names)
 
 
 def _run(f, args, kwargs, wrt=None, tangents=None, forward=False):

@@ -62,10 +62,12 @@ class FnInfo:
     differentiable: bool = True
     cache: dict = field(default_factory=dict)  # location -> (name, element, rule)
 
-    @property
-    def plain(self) -> bool:
-        """Differentiable in every argument (the fast path of recording)."""
-        return self.differentiable and not self.nodiff
+    plain: bool = True  # differentiable in every argument (the fast path of recording)
+
+    def refresh(self) -> None:
+        """Recompute derived fields after the entry changed."""
+        self.cache.clear()
+        self.plain = self.differentiable and not self.nodiff
 
     def argname(self, position: int) -> tuple[str, int | None]:
         """Name of positional argument ``position`` and its index inside ``*args``."""
@@ -169,6 +171,7 @@ def register(
     info.linear = tuple(linear) or info.linear
     info.elementwise = elementwise or info.elementwise
     info.differentiable = True
+    info.refresh()
     return info
 
 
@@ -182,6 +185,7 @@ def register_nondifferentiable(*fns: Callable) -> None:
     for fn in fns:
         info = _entry(fn)
         info.differentiable = False
+        info.refresh()
 
 
 def diffrule(fn: Callable, argname: str) -> Callable[[Callable], Callable]:
@@ -215,7 +219,7 @@ def nodiff(fn: Callable, argname: str) -> None:
     info = _entry(fn)
     _check_argname(info, argname)
     info.nodiff.add(argname)
-    info.cache.clear()
+    info.refresh()
 
 
 _DECOMPOSITIONS: dict[Callable, Callable] = {}
