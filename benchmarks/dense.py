@@ -18,7 +18,9 @@ NumPy forward calls (``numpy``); per-op figures divide by the 51 primitive calls
 Methodology: every system lives in its own process (PyTorch's and NumPy's thread pools slow
 each other in one), started once and warmed up; the driver then interleaves repetitions, asking
 each process in turn (order rotating) for one timed round while the others wait idle on their
-pipe. Medians over ``--repeat`` rounds (default 21) with the min-max range. Allocation is the
+pipe. A round warms its process up for 0.3 s (after seconds idle, the first calls run up to 3x
+slower on this VM) and takes the median of timed blocks over 0.5 s. The table gives medians
+over ``--repeat`` rounds (default 21) with the min-max range of the rounds. Allocation is the
 peak of ``tracemalloc`` above the baseline during one call after warm-up (temporaries count).
 OpenBLAS is left unconstrained (all cores). Results are checked against ``naive`` first.
 
@@ -143,8 +145,8 @@ def chain_system(name: str):
     return lambda: cg(x)
 
 
-def dense_parts(dtype, rounds: int = 9) -> dict[str, float]:
-    """Median seconds of each NumPy call of the compiled dense step (where the time goes)."""
+def dense_parts(dtype):
+    """A step timing each NumPy call of the compiled dense step (where the time goes)."""
     W, b, x = dense_data(dtype)
     h, gW, gb = np.empty((512, x.shape[1]), dtype), np.empty_like(W), np.empty_like(b)
     calls = {  # in the step's order, so every call sees the data it sees there
@@ -154,13 +156,14 @@ def dense_parts(dtype, rounds: int = 9) -> dict[str, float]:
         "sum, sum(axis=1)": lambda: (h.sum(), np.sum(h, axis=1, out=gb)),
         "GEMM h @ x.T": lambda: np.matmul(h, x.T, out=gW),
     }
-    times: dict[str, list] = {k: [] for k in calls}
-    old = np.setbufsize(1024)
-    for _ in range(rounds):
-        for k, f in calls.items():
-            times[k].append(_timed(f, 1))
-    np.setbufsize(old)
-    return {k: statistics.median(v) for k, v in times.items()}
+
+    def step():
+        old = np.setbufsize(1024)
+        times = {k: _timed(f, 1) for k, f in calls.items()}
+        np.setbufsize(old)
+        return times
+
+    return step
 
 
 # -- the worker: one system, one process, commands on stdin ---------------------------------
@@ -169,6 +172,26 @@ def _timed(step, calls: int) -> float:
     for _ in range(calls):
         step()
     return (time.perf_counter() - t0) / calls
+
+
+ROUND = {"warm": 0.3, "time": 0.5}  # seconds of warm-up and of timed blocks per round
+
+
+def _busy(step, seconds: float) -> None:
+    t0, n = time.perf_counter(), 0
+    while n < 2 or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+
+
+def _round(step, calls: int) -> float:
+    """One round: warm up (a process idle for seconds runs its first calls up to 3x slower
+    here: cold caches, reclaimed pages, a descheduled vCPU), then the median of timed blocks."""
+    _busy(step, ROUND["warm"])
+    samples, t0 = [], time.perf_counter()
+    while len(samples) < 3 or time.perf_counter() - t0 < ROUND["time"]:
+        samples.append(_timed(step, calls))
+    return statistics.median(samples)
 
 
 def _allocated(step) -> int:
@@ -191,20 +214,24 @@ def _numpy(r):
 
 
 def worker(bench: str, system: str, dtype: str, calls: int) -> None:
-    step = dense_system(system, np.dtype(dtype)) if bench == "dense" else chain_system(system)
+    if system == "parts":
+        step = dense_parts(np.dtype(dtype))
+    else:
+        step = dense_system(system, np.dtype(dtype)) if bench == "dense" else chain_system(system)
     for _ in range(3):
         step()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         command = line.strip()
-        if command == "time":
-            out = {"seconds": _timed(step, calls), "load": os.getloadavg()[0]}
+        if command == "time" and system == "parts":
+            _busy(step, ROUND["warm"])
+            out = {"parts": step(), "load": os.getloadavg()[0]}
+        elif command == "time":
+            out = {"seconds": _round(step, calls), "load": os.getloadavg()[0]}
         elif command == "alloc":
             out = {"bytes": _allocated(step)}
         elif command == "check":
             out = {"checksum": _checksum(step()) if bench == "dense" else []}
-        elif command == "parts":
-            out = {"parts": dense_parts(np.dtype(dtype))}
         else:
             break
         print(json.dumps(out), flush=True)
@@ -214,7 +241,7 @@ def worker(bench: str, system: str, dtype: str, calls: int) -> None:
 class Process:
     def __init__(self, bench: str, system: str, dtype: str, calls: int):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", bench, system, dtype]
-        cmd += ["--calls", str(calls), "--size", str(SIZE["n"])]
+        cmd += ["--calls", str(calls), "--size", str(SIZE["n"]), "--round-time", str(ROUND["time"])]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         pipe = subprocess.PIPE
         self.proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, text=True, env=env)
@@ -237,26 +264,33 @@ class Process:
 def measure(bench: str, systems, dtype: str, repeat: int, calls: int, max_wait: float) -> dict:
     from benchmarks.overhead import wait_for_quiet
 
+    systems = list(systems) + (["parts"] if bench == "dense" else [])
     procs = {s: Process(bench, s, dtype, calls) for s in systems}
     try:
         if bench == "dense":
             ref = procs["naive"].ask("check")["checksum"]
             rtol = 1e-9 if dtype == "float64" else 2e-3
             for s, p in procs.items():
+                if s == "parts":
+                    continue
                 got = p.ask("check")["checksum"]
                 if not np.allclose(got, ref, rtol=rtol):
                     raise SystemExit(f"{s} disagrees with naive: {got} vs {ref}")
         times = {s: [] for s in systems}
-        loads = []
+        loads, parts = [], {}
         for r in range(repeat):
             order = list(systems[r % len(systems) :]) + list(systems[: r % len(systems)])
             for s in order:
                 wait_for_quiet(max_wait)
                 out = procs[s].ask("time")
-                times[s].append(out["seconds"])
                 loads.append(out["load"])
-        alloc = {s: p.ask("alloc")["bytes"] for s, p in procs.items()}
-        parts = procs["inplace"].ask("parts")["parts"] if bench == "dense" else None
+                if s == "parts":
+                    for k, v in out["parts"].items():
+                        parts.setdefault(k, []).append(v)
+                else:
+                    times[s].append(out["seconds"])
+        times.pop("parts", None)
+        alloc = {s: p.ask("alloc")["bytes"] for s, p in procs.items() if s != "parts"}
     finally:
         for p in procs.values():
             p.close()
@@ -278,6 +312,11 @@ def _row(name, ts, ref, alloc, scale, unit):
     return f"| {name} | {med:.2f} {unit} | {spread} | {ratio} | {alloc / 1024:,.1f} KiB |"
 
 
+def _load_line(loads) -> str:
+    return (f"- 1-min load average during the rounds: median {statistics.median(loads):.2f}, "
+            f"max {max(loads):.2f} (this benchmark alone adds about 1)")  # fmt: skip
+
+
 def report_dense(dtype, result) -> list[str]:
     t, a = result["times"], result["alloc"]
     ref = statistics.median(t["inplace"])
@@ -289,7 +328,8 @@ def report_dense(dtype, result) -> list[str]:
     lines.append(f"- compiled / in-place = {c / ref:.3f} (target <= 1.05); "
                  f"allocated {a['compiled'] / 1024:.1f} KiB/call (target < 64 KiB)")  # fmt: skip
     lines.append(f"- eager / naive = {statistics.median(t['eager']) / naive:.3f} (target <= 1.3)")
-    parts = result["parts"]
+    lines.append(_load_line(result["loads"]))
+    parts = {k: statistics.median(v) for k, v in result["parts"].items()}
     total = sum(parts.values())
     shares = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in parts.items())
     lines.append(f"- where the compiled step's time goes: {shares}; Python and dispatch: "
@@ -306,6 +346,7 @@ def report_chain(result) -> list[str]:
     lines += [_row(s, t[s], ref, a[s], 1e6 / 51, "µs") for s in t]
     c = statistics.median(t["compiled"]) / 51 * 1e6
     lines.append(f"\n- compiled forward+backward: {c:.2f} µs/op (target < 1.7 µs/op, <= 3x NumPy)")
+    lines.append(_load_line(result["loads"]))
     return lines
 
 
@@ -320,8 +361,10 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-chain", action="store_true")
     parser.add_argument("--no-peers", action="store_true", help="skip torch and autograd")
     parser.add_argument("--size", type=int, default=4096, help="columns of x (default 4096)")
+    parser.add_argument("--round-time", type=float, default=0.5, help="timed seconds a round")
     args = parser.parse_args(argv)
     SIZE["n"] = args.size
+    ROUND["time"], ROUND["warm"] = args.round_time, min(0.3, args.round_time)
     if args.worker:
         return worker(*args.worker, args.calls)
     load0 = os.getloadavg()

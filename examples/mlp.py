@@ -7,7 +7,7 @@ Train it with the ``nnflow fit`` command (a checkpoint every epoch, resumable)::
     nnflow info runs/mlp.h5
 
 or run this file: ``python examples/mlp.py --epochs 10`` does the same. It reaches about 97%
-test accuracy in 10 epochs, in a few seconds on a CPU.
+test accuracy in 10 epochs, in about a second on a CPU.
 
 The data: the UCI "Optical Recognition of Handwritten Digits" set (Alpaydin and Kaynak, 1998;
 CC BY 4.0), see ``nnflow.data.digits``.
@@ -20,7 +20,7 @@ from nnflow.layers import Chain, Dropout, Flatten, Linear
 from nnflow.optim import AdamW
 from nnflow.train import accuracy
 
-defaults = {"epochs": 10, "batch_size": 64, "lr": 3e-3}
+defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-2}
 metrics = {"accuracy": accuracy}
 
 

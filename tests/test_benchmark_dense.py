@@ -23,6 +23,8 @@ def test_dense_benchmark_runs_and_checks_every_system():
         "--chain-calls",
         "2",
         "--no-peers",
+        "--round-time",
+        "0.01",
     ]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "dense.py"), *args, "--max-wait", "0"],

@@ -100,7 +100,7 @@ class _Names:
 
 
 def _reserved(name: str) -> bool:
-    return name[:1] in "avB" and name[1:].isdigit() or name == "play"
+    return name[:1] in "avB" and name[1:].isdigit() or name in ("play", "int", "getattr")
 
 
 def _expr(x, names: _Names, value_name) -> str:

@@ -32,7 +32,7 @@ from .grad import GradientResult, _argument_names, _concrete, _normalise_wrt, _r
 from .memory import Plan, plan
 from .passes import Graph, from_tape, is_impure, optimize
 from .signature import accessor, describe_change, find_objects, signature
-from .tape import _ACTIVE, GuardFailure, Tape
+from .tape import _ACTIVE, GuardFailure, Tape, place
 
 __all__ = ["CompiledTape", "CompiledGrad", "RetraceWarning", "compile", "compile_grad"]
 
@@ -228,10 +228,10 @@ class CompiledGrad:
     def _why_new(self, key) -> str:
         if self._last_key is None:
             return "first call"
-        names = _argument_names(self.f, len(key[1]))
+        names = _argument_names(self.f, len(key[1]) - len(key[0])) + list(key[0])
         if key[0] != self._last_key[0]:
             return f"keyword arguments changed ({self._last_key[0]} -> {key[0]})"
-        change = describe_change(self._last_key[1], key[1], names + list(key[0]))
+        change = describe_change(self._last_key[1], key[1], names)
         evicted = "" if len(self._cache) < self.cache_size else " (cache full)"
         return f"the signature changed: {change}{evicted}"
 
@@ -294,6 +294,7 @@ class CompiledGrad:
         compiled = CompiledTape(
             tape, n_args=len(flat), inputs=inputs, writers=writers, known=known, name=self.__name__
         )
+        _slim(tape, compiled.graph)
         floats = tuple(i for i, a in enumerate(flat[:n]) if type(a) is float)
         return _Variant(compiled, floats, [(where.get(id(g)), g) for g in generators])
 
@@ -320,6 +321,44 @@ class CompiledGrad:
     def __repr__(self):
         variants = sum(len(v) for v in self._cache.values())
         return f"<{self.__name__}: {len(self._cache)} signatures, {variants} variants>"
+
+
+class _Spec:
+    """Shape and dtype of a recorded array that a cached tape no longer keeps."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, value):
+        self.shape, self.dtype = tuple(np.shape(value)), value.dtype
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __repr__(self):
+        return f"<{np.dtype(self.dtype).name}{list(self.shape)} not kept>"
+
+
+def _spec(value):
+    return _Spec(value) if type(value).__name__ == "ndarray" and value.nbytes > 1024 else value
+
+
+def _slim(tape: Tape, graph: Graph) -> None:
+    """Drop the recorded values of a cached step's tape and graph (every activation of the
+    traced call), keeping shapes and dtypes for printing and constants for ``tape.play``."""
+    for node in tape.nodes:
+        node.value = _spec(node.value)
+        for loc, _ in node.parents or ():
+            if loc[0] == "kw":
+                node.kwargs = {**node.kwargs, loc[1]: _spec(node.kwargs[loc[1]])}
+            else:
+                node.args = place(tuple(node.args), loc, _spec(_at(node.args, loc)))
+    for op in graph.ops:
+        op.value = _spec(op.value)
+
+
+def _at(structure, location):
+    for key in location:
+        structure = structure[key]
+    return structure
 
 
 def _generators(tape: Tape) -> list:

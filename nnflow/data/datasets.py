@@ -83,10 +83,18 @@ MNIST = {
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
     ],
     "files": {  # SHA-256 of each gzipped file
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        "train-images-idx3-ubyte.gz": (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+        ),
     },
 }
 FASHION_MNIST = {
@@ -95,10 +103,18 @@ FASHION_MNIST = {
         "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
     ],
     "files": {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        "train-images-idx3-ubyte.gz": (
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+        ),
     },
 }
 DOWNLOADER: Any = None  # a pooch downloader (tests put one here that copies local files)
@@ -117,7 +133,9 @@ def cache_dir(root: str | os.PathLike | None = None) -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "nnflow")
 
 
-def mnist(split: str = "train", root: str | os.PathLike | None = None, flatten: bool = False):
+def mnist(
+    split: str = "train", root: str | os.PathLike | None = None, flatten: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """MNIST (LeCun, Cortes and Burges): 60,000 training and 10,000 test images of 28x28.
 
     Downloaded on first use into ``cache_dir(root)/mnist`` and checked against SHA-256; later
@@ -135,7 +153,9 @@ def mnist(split: str = "train", root: str | os.PathLike | None = None, flatten: 
     return _load_idx_pair("mnist", MNIST, split, root, flatten)
 
 
-def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None, flatten=False):
+def fashion_mnist(
+    split: str = "train", root: str | os.PathLike | None = None, flatten: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017; Zalando Research, MIT license).
 
     The same format, sizes and arguments as :func:`mnist`; 10 classes of clothing.

@@ -47,6 +47,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         IDXError: a bad magic number, an unknown type code or a size that does not match.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
+    >>> write_idx(path, np.array([7, 2, 1], np.uint8))
+    >>> read_idx(path)
+    array([7, 2, 1], dtype=uint8)
     """
     try:
         with _open(path, "rb") as f:
@@ -76,6 +82,9 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` in IDX format (gzipped when the name ends in ``.gz``).
 
     Supported dtypes: uint8, int8, int16, int32, float32, float64.
+
+    >>> import os, tempfile
+    >>> write_idx(os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte.gz"), np.zeros(3, np.float32))
     """
     array = np.asarray(array)
     code = _CODES.get(array.dtype.newbyteorder("="))

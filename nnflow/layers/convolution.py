@@ -54,7 +54,8 @@ def _batch_last(x, padding=NO_PAD):
     xp = get_array_module(x)
     n, c, h, w = x.shape
     (pt, pb), (pl, pr) = padding
-    out = xp.zeros((c, h + pt + pb, w + pl + pr, n), dtype=x.dtype)
+    shape = (c, h + pt + pb, w + pl + pr, n)
+    out = xp.zeros(shape, dtype=x.dtype) if pt or pb or pl or pr else xp.empty(shape, x.dtype)
     out[:, pt : pt + h, pl : pl + w, :] = x.transpose(1, 2, 3, 0)
     return out
 

@@ -29,7 +29,11 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
     >>> linear(np.ones((2, 3)), np.ones((4, 3)), np.zeros(4)).shape
     (2, 4)
     """
-    y = x @ weight.T
+    if x.ndim > 2:  # one GEMM over all leading axes (matmul would loop over them)
+        y = x.reshape(-1, x.shape[-1]) @ weight.T
+        y = y.reshape(x.shape[:-1] + (weight.shape[0],))
+    else:
+        y = x @ weight.T
     if bias is not None:
         y += bias
     return y

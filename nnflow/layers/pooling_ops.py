@@ -67,15 +67,18 @@ def _offsets(kernel, stride, out):
 def _winners(x, y, kernel, stride, padding):
     """For each kernel offset, ``(rows, cols, mask)``: where that offset holds the first
     maximum of its window (the masks partition the windows)."""
-    xp = _pad(x, padding, -np.inf)
+    padded = _pad(x, padding, -np.inf)
+    offsets = list(_offsets(kernel, stride, y.shape[2:]))
     taken = None
-    for rows, cols in _offsets(kernel, stride, y.shape[2:]):
-        mask = xp[:, :, rows, cols] == y
+    for k, (rows, cols) in enumerate(offsets):
+        mask = padded[:, :, rows, cols] == y
         if taken is None:
             taken = mask
-        else:
+        elif k < len(offsets) - 1:
             mask &= ~taken
             taken |= mask
+        else:  # the last offset wins wherever no earlier one did
+            mask = ~taken
         yield rows, cols, mask
 
 
@@ -107,9 +110,17 @@ def max_pool2d_scatter(dy, x, y, kernel, stride, padding):
     """
     (ph, pw), (h, w) = padding, x.shape[2:]
     xp = get_array_module(dy)
-    dx = xp.zeros((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    shape = (x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw)
+    out = dy.shape[2:]
+    # windows that tile the input exactly write every entry once: no zero fill, no adds
+    tiles = stride == kernel and not any(padding) and (h, w) == (out[0] * kernel[0],
+                                                                 out[1] * kernel[1])  # fmt: skip
+    dx = xp.empty(shape, dtype=dy.dtype) if tiles else xp.zeros(shape, dtype=dy.dtype)
     for rows, cols, mask in _winners(x, y, kernel, stride, padding):
-        dx[:, :, rows, cols] += dy * mask
+        if tiles:
+            xp.multiply(dy, mask, out=dx[:, :, rows, cols])
+        else:
+            dx[:, :, rows, cols] += dy * mask
     return dx[:, :, ph : ph + h, pw : pw + w] if ph or pw else dx
 
 

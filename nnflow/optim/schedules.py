@@ -188,7 +188,7 @@ class SequentialLR(Schedule):
 
     def lr_at(self, t: int) -> float:
         start = 0
-        for schedule, milestone in zip(self.schedules, self.milestones):
+        for schedule, milestone in zip(self.schedules, self.milestones, strict=False):
             if t < milestone:
                 return schedule.lr_at(t - start)
             start = milestone

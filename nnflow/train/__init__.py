@@ -22,8 +22,9 @@ from .callbacks import (
     plot_history,
 )
 from .checkpoint import CheckpointError, load, save
+from .history import History
 from .metrics import accuracy
-from .trainer import History, NonFiniteLossError, Trainer, TrainingInterrupted
+from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 from .validate import describe
 
 __all__ = [

@@ -29,6 +29,7 @@ __all__ = [
     "CSVLogger",
     "PlotLosses",
     "PrintMetrics",
+    "format_epoch",
     "plot_history",
 ]
 
@@ -124,8 +125,13 @@ class EarlyStopping(Callback, _Best):
     inf
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 mode: str = "min"):  # fmt: skip
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        mode: str = "min",
+    ):
         _Best.__init__(self, monitor, mode, min_delta)
         self.patience, self.wait = int(patience), 0
 
@@ -158,8 +164,9 @@ class ModelCheckpoint(Callback, _Best):
     >>> best = ModelCheckpoint("runs/best.h5", monitor="val_accuracy", mode="max")
     """
 
-    def __init__(self, path: str | os.PathLike, monitor: str | None = "val_loss",
-                 mode: str = "min"):  # fmt: skip
+    def __init__(
+        self, path: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "min"
+    ):
         _Best.__init__(self, monitor or "", mode)
         self.path = os.fspath(path)
 
@@ -218,7 +225,7 @@ def plot_history(history: Any, path: str | os.PathLike) -> None:
         groups.setdefault(name.removeprefix("val_"), []).append(name)
     fig = Figure(figsize=(5 * len(groups), 4), layout="tight")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, (metric, series) in zip(axes, groups.items()):
+    for ax, (metric, series) in zip(axes, groups.items(), strict=True):
         for name in series:
             ax.plot(epochs, [row.get(name, math.nan) for row in rows], marker="o", label=name)
         ax.set_xlabel("epoch")
@@ -248,8 +255,21 @@ class PlotLosses(Callback):
             warnings.warn(f"PlotLosses: {error}; no plot written", RuntimeWarning, stacklevel=2)
 
 
+def format_epoch(logs: dict[str, Any]) -> str:
+    """One epoch's metrics on one line.
+
+    >>> format_epoch({"epoch": 3, "loss": 0.12345, "val_loss": 0.2, "time": 1.234})
+    'epoch 3  loss 0.1235  val_loss 0.2  (1.23 s)'
+    """
+    parts = [f"epoch {logs['epoch']}"]
+    for key, value in logs.items():
+        if key not in ("epoch", "time"):
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts) + f"  ({logs.get('time', 0):.2f} s)"
+
+
 class PrintMetrics(Callback):
     """Print one line per epoch (what ``Trainer(progress=True)`` prints), e.g. for logs."""
 
     def on_epoch_end(self, trainer: Any, logs: dict[str, Any]) -> None:
-        print(trainer.summary(logs), flush=True)
+        print(format_epoch(logs), flush=True)

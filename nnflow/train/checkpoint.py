@@ -53,8 +53,10 @@ FORMAT, FORMAT_VERSION = "nnflow-checkpoint", 1
 class CheckpointError(Exception):
     """A checkpoint that cannot be loaded; ``problems`` lists every reason found.
 
-    >>> str(CheckpointError("run.h5", ["model: missing 'w'", "model: unexpected 'v'"]))
-    "cannot load checkpoint 'run.h5' (2 problems):\\n  - model: missing 'w'\\n  - model: unexpected 'v'"
+    >>> print(CheckpointError("run.h5", ["model: missing 'w'", "model: unexpected 'v'"]))
+    cannot load checkpoint 'run.h5' (2 problems):
+      - model: missing 'w'
+      - model: unexpected 'v'
     """
 
     def __init__(self, path: Any, problems: list[str]):
@@ -175,7 +177,14 @@ def _describe(x: Any) -> str:
 
 # -- writing ---------------------------------------------------------------------------------
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Call ``write(h5file)`` on a temporary file, then fsync it and rename it to ``path``."""
+    """Call ``write(h5file)`` on a temporary file, then fsync it and rename it to ``path``.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.h5")
+    >>> atomic_write(path, lambda f: f.attrs.update(answer=42))
+    >>> os.listdir(os.path.dirname(path))  # no temporary left behind
+    ['x.h5']
+    """
     h5py = _h5py()
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
@@ -200,6 +209,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+    _remove_stale_temporaries(folder, name)
+
+
+def _remove_stale_temporaries(folder: str, name: str) -> None:
+    """Delete temporaries that killed writers left behind (their process no longer exists)."""
+    prefix = f".{name}.tmp-"
+    for entry in os.listdir(folder):
+        pid = entry[len(prefix) :]
+        if not entry.startswith(prefix) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, entry))
+        except OSError:  # PermissionError: alive, someone else's
+            pass
 
 
 def _dataset(root: Any, name: str, data: Any, **attrs: Any) -> None:
@@ -218,7 +244,16 @@ def write_checkpoint(
     trainer: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> None:
-    """Write model, optimizer, generator and trainer state to ``path`` atomically."""
+    """Write model, optimizer, generator and trainer state to ``path`` atomically.
+
+    ``trainer`` is a JSON-able dict (``Trainer.state_dict()``), ``meta`` the user metadata.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.h5")
+    >>> write_checkpoint(path, {"w": np.ones(2)}, trainer={"epoch": 3, "step": 30})
+    >>> read_checkpoint(path, {"w": np.zeros(2)})["trainer"]
+    {'epoch': 3, 'step': 30}
+    """
     from .. import __version__
 
     meta_json = _meta_json(meta or {})
@@ -258,7 +293,9 @@ def _meta_json(meta: dict[str, Any]) -> str:
         try:
             to_json(value)
         except (TypeError, ValueError) as error:
-            raise TypeError(f"checkpoint metadata {key!r} is not JSON-serializable: {error}") from None
+            raise TypeError(
+                f"checkpoint metadata {key!r} is not JSON-serializable: {error}"
+            ) from None
     return to_json(meta)
 
 
@@ -321,14 +358,20 @@ def read_checkpoint(
     staged = check_and_read(path, model, optimizer)
     if require_trainer and staged["trainer"] is None:
         raise CheckpointError(
-            path, ["no trainer state: written by nnflow.save, not by a Trainer; load it with "
-                   "nnflow.load(path, model, optimizer) and train without resume"],  # fmt: skip
+            path,
+            [
+                "no trainer state: written by nnflow.save, not by a Trainer; load it with "
+                "nnflow.load(path, model, optimizer) and train without resume"
+            ],
         )
     for p, data in staged["model"].items():
         _assign(model, p, data)
     if optimizer is not None:
         optimizer.state = {
-            p: {k: v if k == "step" else _like(data=v, target=get_path(model, p)) for k, v in s.items()}
+            p: {
+                k: v if k == "step" else _like(data=v, target=get_path(model, p))
+                for k, v in s.items()
+            }
             for p, s in staged["optimizer"].items()
         }
         optimizer.load_hyper_state(staged["hyper"])

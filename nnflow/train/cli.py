@@ -54,9 +54,17 @@ def _positive_float(text: str) -> float:
 
 
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=_positive_int, help="total epochs (default 10)")
-    parser.add_argument("--batch-size", type=_positive_int, help="batch size (default 64)")
-    parser.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-3)")
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="total epochs (default: the script's defaults, else 10)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, help="batch size (default: the script's, else 64)"
+    )
+    parser.add_argument(
+        "--lr", type=_positive_float, help="learning rate (default: the script's, else 1e-3)"
+    )
     parser.add_argument("--device", choices=("cpu", "gpu"), help="where to train (default cpu)")
     parser.add_argument("--checkpoint", metavar="PATH", help="HDF5 checkpoint saved every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -162,7 +170,9 @@ def _build(namespace: dict[str, Any], settings: dict[str, Any], name: str):
     model = make_model(settings["seed"]) if takes_seed else make_model()
     loaders = namespace["data"](settings["batch_size"], settings["seed"])
     if not (isinstance(loaders, tuple) and len(loaders) == 2):
-        raise ScriptError(f"{name}: data(batch_size, seed) must return (train, val), got {loaders!r}")
+        raise ScriptError(
+            f"{name}: data(batch_size, seed) must return (train, val), got {loaders!r}"
+        )
     make_optimizer = namespace.get("optimizer")
     optimizer = (make_optimizer or (lambda m, lr: Adam(m, lr=lr)))(model, settings["lr"])
     callbacks = namespace["callbacks"](optimizer) if callable(namespace.get("callbacks")) else []
@@ -190,16 +200,23 @@ def _fit(namespace: dict[str, Any], args: argparse.Namespace, name: str, parser)
         trace = "".join(traceback.format_exception(error)).rstrip()
         return _fail(f"setting up {name} failed:\n{trace}")
     try:
-        trainer = Trainer(model, namespace["loss"], optimizer, checkpoint=args.checkpoint,
-                          device=settings["device"], progress=not args.no_progress,
-                          metrics=metrics)  # fmt: skip
+        trainer = Trainer(
+            model,
+            namespace["loss"],
+            optimizer,
+            checkpoint=args.checkpoint,
+            device=settings["device"],
+            progress=not args.no_progress,
+            metrics=metrics,
+        )
     except RuntimeError as error:  # e.g. --device gpu without CuPy or a GPU
         return _fail(str(error))
     if args.no_progress:
         callbacks.append(PrintMetrics())
     try:
-        history = trainer.fit(train, settings["epochs"], val=val, callbacks=callbacks,
-                              resume=args.resume)  # fmt: skip
+        history = trainer.fit(
+            train, settings["epochs"], val=val, callbacks=callbacks, resume=args.resume
+        )
     except TrainingInterrupted as error:  # the checkpoint is saved: exit as the signal would
         print(f"nnflow: {error}", file=sys.stderr)
         return 128 + int(error.signal)
@@ -221,4 +238,3 @@ def _info(path: str) -> int:
     except CheckpointError as error:
         return _fail(str(error))
     return 0
-

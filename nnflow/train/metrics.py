@@ -41,5 +41,3 @@ def as_metrics(metrics: Any) -> dict[str, Any]:
     if callable(metrics):
         metrics = [metrics]
     return {getattr(fn, "__name__", f"metric{i}"): fn for i, fn in enumerate(metrics)}
-
-

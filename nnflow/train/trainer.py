@@ -27,9 +27,9 @@ from typing import Any
 
 from .. import ad
 from ..backend import to_device
-from ..tree import is_array, leaves
 from .callbacks import Callback, LRSchedule, PrintMetrics
 from .checkpoint import generators, read_checkpoint, write_checkpoint
+from .history import History, batch_size
 
 __all__ = ["Trainer", "History", "NonFiniteLossError", "TrainingInterrupted"]
 
@@ -46,35 +46,8 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signal = signum
 
 
-class _Stop(Exception):
+class _StopError(Exception):
     """Internal: a signal arrived; unwinds to ``fit``, which saves and raises."""
-
-
-class History(list):
-    """Per-epoch metric dicts; ``history["val_loss"]`` gives one metric's column.
-
-    >>> h = History([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}])
-    >>> h["loss"], h[-1]["epoch"]
-    ([0.5, 0.25], 2)
-    """
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return [row.get(key) for row in self]
-        return super().__getitem__(key)
-
-
-def batch_size(batch: Any) -> int:
-    """The number of samples in ``batch`` (the length of its first array).
-
-    >>> import numpy as np
-    >>> batch_size((np.zeros((5, 2)), np.zeros(5)))
-    5
-    """
-    if is_array(batch):
-        return len(batch)
-    found = leaves(batch)
-    return len(found[0][1]) if found and getattr(found[0][1], "ndim", 0) else 1
 
 
 class Trainer:
@@ -129,6 +102,7 @@ class Trainer:
         self._sums: dict[str, float] = {}  # running sums of the current epoch (for resuming)
         self._signal: int | None = None
         self._train: Any = None
+        self._saved: tuple[int, int] | None = None  # (epoch, step) of the trainer's checkpoint
         if hasattr(model, "to"):
             model.to(device)
         if hasattr(optimizer, "to"):
@@ -168,7 +142,7 @@ class Trainer:
             with self._signals():
                 while self.epoch < epochs and not self.stop_training:
                     self._epoch(train, val, epochs)
-        except _Stop:
+        except _StopError:
             where = self._save_checkpoint()
             name = signal.Signals(self._signal).name
             raise TrainingInterrupted(
@@ -195,7 +169,7 @@ class Trainer:
                 bar.update(self._last_size)
                 bar.set_postfix(loss=f"{self._sums['loss'] / self._sums['n']:.4g}", refresh=False)
                 if self._signal is not None:
-                    raise _Stop
+                    raise _StopError
         logs = {"epoch": self.epoch + 1}
         n = self._sums.get("n", 0)
         logs.update({k: v / n for k, v in self._sums.items() if k != "n" and n})
@@ -210,7 +184,7 @@ class Trainer:
         self._call("on_epoch_end", logs)
         self._save_checkpoint()
         if self._signal is not None:
-            raise _Stop
+            raise _StopError
 
     def _train_step(self, batch: Any) -> None:
         value, grads = self._gradient(batch)
@@ -235,10 +209,10 @@ class Trainer:
             try:
                 value, g = self._grad(self.model, batch)
                 return value, g[0]
-            except (NonFiniteLossError, KeyboardInterrupt, _Stop):
+            except (NonFiniteLossError, KeyboardInterrupt, _StopError):
                 raise
             except Exception as error:
-                for generator, state in zip(self._generators, states):
+                for generator, state in zip(self._generators, states, strict=True):
                     generator.bit_generator.state = state  # the failed trace's draws undone
                 value, g = ad.grad(self.loss, self.model, batch, wrt=(0,))
                 warnings.warn(
@@ -258,8 +232,12 @@ class Trainer:
 
     def _non_finite_message(self, value: float) -> str:
         where = f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self._batch + 1})"
-        if self.checkpoint and os.path.exists(self.checkpoint):
-            keep = f"the last good checkpoint, {self.checkpoint} (epoch {self.epoch}), is kept"
+        if self._saved is not None:
+            epoch, step = self._saved
+            keep = f"the last good checkpoint, {self.checkpoint} (epoch {epoch}, step {step}),"
+            keep += " is kept"
+        elif self.checkpoint and os.path.exists(self.checkpoint):
+            keep = f"the checkpoint {self.checkpoint} is left as it was"
         elif self.checkpoint:
             keep = "no checkpoint had been written yet"
         else:
@@ -290,7 +268,7 @@ class Trainer:
                     sums[name] = sums.get(name, 0.0) + value * size
                 sums["n"] = sums.get("n", 0) + size
                 if self._signal is not None:
-                    raise _Stop
+                    raise _StopError
         n = sums.pop("n", 0)
         return {prefix + name: total / n for name, total in sums.items()} if n else {}
 
@@ -316,6 +294,14 @@ class Trainer:
         """Write a resumable checkpoint (model, optimizer, generators, trainer state).
 
         Returns the path written (``path``, else the trainer's ``checkpoint``).
+
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from nnflow.optim import SGD
+        >>> p = {"w": np.ones(1)}
+        >>> t = Trainer(p, lambda p, b: np.sum(p["w"]), SGD(p), progress=False)
+        >>> os.path.basename(t.save(os.path.join(tempfile.mkdtemp(), "now.h5")))
+        'now.h5'
         """
         path = os.fspath(path) if path is not None else self.checkpoint
         if path is None:
@@ -325,7 +311,10 @@ class Trainer:
         return path
 
     def _save_checkpoint(self) -> str | None:
-        return self.save() if self.checkpoint else None
+        if not self.checkpoint:
+            return None
+        self._saved = (self.epoch, self.step)
+        return self.save()
 
     def _resume(self, train: Any, mode: bool | str) -> None:
         if self.checkpoint is None:
@@ -342,10 +331,12 @@ class Trainer:
         state = read_checkpoint(self.checkpoint, self.model, self.optimizer, require_trainer=True)
         state = state["trainer"]
         self.epoch, self.step, self._batch = state["epoch"], state["step"], state["batch"]
+        self._saved = (self.epoch, self.step)
         self._sums, self.history = dict(state["sums"]), History(state["history"])
         if self._batch and hasattr(train, "load_state_dict"):
-            train.load_state_dict({"epoch": self.epoch, "batch": self._batch,
-                                   "seed": state["seed"]})  # fmt: skip
+            train.load_state_dict(
+                {"epoch": self.epoch, "batch": self._batch, "seed": state["seed"]}
+            )
         saved = state["callbacks"]
         stateful = [c for c in self.callbacks if hasattr(c, "load_state_dict")]
         if [s["class"] for s in saved] != [type(c).__name__ for c in stateful]:
@@ -356,7 +347,7 @@ class Trainer:
                 stacklevel=3,
             )
         else:
-            for callback, entry in zip(stateful, saved):
+            for callback, entry in zip(stateful, saved, strict=True):
                 callback.load_state_dict(entry["state"])
         self.log(f"resumed from {self.checkpoint}: epoch {self.epoch}, step {self.step}")
 
@@ -418,14 +409,6 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(message)
-
-    def summary(self, logs: Mapping[str, Any]) -> str:
-        """``epoch 3  loss 0.1234  val_loss 0.2345  ...  (1.2 s)``: one epoch on one line."""
-        parts = [f"epoch {logs['epoch']}"]
-        for key, value in logs.items():
-            if key not in ("epoch", "time"):
-                parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-        return "  ".join(parts) + f"  ({logs.get('time', 0):.2f} s)"
 
 
 def _as_callback(callback: Any) -> Any:

@@ -82,18 +82,17 @@ def _read(ds: Any, where: str, problems: list[str]) -> np.ndarray | None:
 
 
 def _compare(ds: Any, want: Any, where: str, problems: list[str]) -> bool:
-    ok = True
+    ok, owner = True, "model" if where.startswith("model") else "optimizer"
     if tuple(ds.shape) != tuple(want.shape):
         problems.append(
             f"{where} has shape {tuple(ds.shape)} in the file but {tuple(want.shape)} in the "
-            f"{'model' if where.startswith('model') else 'optimizer'}"
+            f"{owner}"
         )
         ok = False
     if ds.dtype.kind in "biufc" and np.dtype(ds.dtype) != np.dtype(want.dtype):
         problems.append(
             f"{where} has dtype {np.dtype(ds.dtype).name} in the file but "
-            f"{np.dtype(want.dtype).name} in the {'model' if where.startswith('model') else 'optimizer'} "
-            f"(no cast: convert one of them explicitly)"
+            f"{np.dtype(want.dtype).name} in the {owner} (no cast: convert one of them explicitly)"
         )
         ok = False
     return ok
@@ -170,7 +169,9 @@ def _check_rng(f: Any, model: Any, problems: list[str]) -> dict[tuple, dict]:
     for name in held.keys() - saved.keys():
         problems.append(f"rng: no state in the file for the generator at {decode(name)!r}")
     for name in saved.keys() - held.keys():
-        problems.append(f"rng: the file has state for a generator at {decode(name)!r}, the model none")
+        problems.append(
+            f"rng: the file has state for a generator at {decode(name)!r}, the model none"
+        )
     for name in held.keys() & saved.keys():
         path, generator = held[name]
         state = _json_attr(saved, name, f"rng: {decode(name)!r}", problems)
@@ -178,22 +179,27 @@ def _check_rng(f: Any, model: Any, problems: list[str]) -> dict[tuple, dict]:
         try:
             kind().state = state  # a throw-away bit generator checks the state's structure
         except (TypeError, ValueError, KeyError) as error:
-            problems.append(f"rng: {decode(name)!r}: state does not fit a {kind.__name__} ({error})")
+            problems.append(
+                f"rng: {decode(name)!r}: state does not fit a {kind.__name__} ({error})"
+            )
             continue
         staged[path] = state
     return staged
 
 
 def check_and_read(path: str | os.PathLike, model: Any, optimizer: Any = None) -> dict[str, Any]:
-    """Everything ``path`` holds for ``model``/``optimizer``, checked; raises ``CheckpointError``."""
+    """Everything ``path`` holds for ``model`` and ``optimizer``, checked (or CheckpointError)."""
     with _open(path) as f:
         if f.attrs.get("format") != FORMAT:
             raise CheckpointError(path, ["not an nnflow checkpoint (no format attribute)"])
         version = int(f.attrs.get("format_version", 0))
         if version > FORMAT_VERSION:
             raise CheckpointError(
-                path, [f"written by a newer nnflow (format {version}; this one reads up to "
-                       f"{FORMAT_VERSION}): upgrade nnflow"],  # fmt: skip
+                path,
+                [
+                    f"written by a newer nnflow (format {version}; this one reads up to "
+                    f"{FORMAT_VERSION}): upgrade nnflow"
+                ],
             )
         problems: list[str] = []
         meta = _json_attr(f.attrs, "meta", "metadata", problems, default={})
@@ -261,7 +267,7 @@ def describe(path: str | os.PathLike) -> str:
             names = sorted({n.rpartition("/")[2] for n in entries} - {"step"})
             lines.append(f"optimizer: {group.attrs.get('class')}({text})")
             lines.append(f"  state for {len(owners)} paths: {', '.join(names) or '-'}")
-        for name, state in (f["rng"].attrs.items() if "rng" in f else ()):
+        for name, state in f["rng"].attrs.items() if "rng" in f else ():
             lines.append(f"rng: {decode(name)}  {from_json(state).get('bit_generator')}")
         if "trainer" in f:
             state = from_json(f["trainer"].attrs["state"])

@@ -9,7 +9,7 @@ import pytest
 from conftest import rand
 
 from nnflow import ad
-from nnflow import functional as F
+from nnflow import functional as F  # noqa: N812  (the usual alias)
 
 X = np.array([-3.0, -1.2, -0.3, 0.4, 1.1, 2.5])
 ERF = np.vectorize(math.erf)

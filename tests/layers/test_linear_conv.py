@@ -174,7 +174,8 @@ def test_conv2d_errors():
     with pytest.raises(ValueError, match="padding='same' needs stride 1"):
         Conv2d(1, 1, 3, stride=2, padding="same")
     conv = Conv2d(3, 4, 3, rng=0)
-    with pytest.raises(ShapeError, match=r"expected a 4-d input \(N, C, H, W\), got float32\[3, 8, 8\]"):
+    rank = r"expected a 4-d input \(N, C, H, W\), got float32\[3, 8, 8\]"
+    with pytest.raises(ShapeError, match=rank):
         conv(np.zeros((3, 8, 8), np.float32))
     with pytest.raises(ShapeError, match="expected 3 input channels"):
         conv(np.zeros((1, 2, 8, 8), np.float32))
@@ -185,7 +186,8 @@ def test_conv2d_errors():
 def test_conv2d_repr_and_pytorch_shapes():
     conv = Conv2d(4, 8, 3, stride=2, padding=1, groups=2, activation="relu")
     assert conv.weight.shape == (8, 2, 3, 3) and conv.bias.shape == (8,)
-    assert repr(conv) == "Conv2d(4 => 8, 3x3, stride=2, padding=1, groups=2, relu)  # 152 parameters"
+    text = "Conv2d(4 => 8, 3x3, stride=2, padding=1, groups=2, relu)  # 152 parameters"
+    assert repr(conv) == text
 
 
 # -- Conv1d -------------------------------------------------------------------------------------

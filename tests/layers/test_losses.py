@@ -9,7 +9,7 @@ import pytest
 from conftest import rand
 
 from nnflow import ad
-from nnflow import losses as L
+from nnflow import losses as L  # noqa: N812
 
 LOGITS = rand(4, 3)
 LABELS = np.array([0, 2, 1, 2])
@@ -115,9 +115,11 @@ def test_gaussian_kl_closed_form():
 def test_loss_errors():
     with pytest.raises(ValueError, match="reduction must be one of"):
         L.mse(np.ones(2), np.ones(2), "avg")
-    with pytest.raises(ValueError, match=r"mse: input and target must have the same shape, got \(2,\) and \(3,\)"):
+    same_shape = r"mse: input and target must have the same shape, got \(2,\) and \(3,\)"
+    with pytest.raises(ValueError, match=same_shape):
         L.mse(np.ones(2), np.ones(3))
-    with pytest.raises(ValueError, match=r"labels of shape \(N, \.\.\.\); got scores \(4, 3\) and labels \(3,\)"):
+    labels = r"labels of shape \(N, \.\.\.\); got scores \(4, 3\) and labels \(3,\)"
+    with pytest.raises(ValueError, match=labels):
         L.cross_entropy(LOGITS, np.array([0, 1, 2]))
     with pytest.raises(TypeError, match="labels must be integers"):
         L.nll(LOGITS, np.array([0.0, 1.0, 2.0, 1.0]))

@@ -115,7 +115,8 @@ def test_shape_error_names_the_layer_path_and_both_shapes():
     model = Chain(Linear(4, 128), Linear(128, 10), Linear(64, 10))
     with pytest.raises(ShapeError) as info:
         model(np.ones((32, 4), np.float32))
-    assert str(info.value) == "layers.2 (Linear(64 => 10)) expected input (..., 64), got float32[32, 10]"
+    expected = "layers.2 (Linear(64 => 10)) expected input (..., 64), got float32[32, 10]"
+    assert str(info.value) == expected
 
 
 def test_shape_error_path_through_nested_models():

@@ -62,7 +62,10 @@ def test_batchnorm_matches_torch_including_running_stats():
     np.testing.assert_allclose(model.running_var, tm.running_var.numpy(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("cls, tcls", [(LSTM, torch.nn.LSTM), (GRU, torch.nn.GRU), (RNN, torch.nn.RNN)])
+PAIRS = [(LSTM, torch.nn.LSTM), (GRU, torch.nn.GRU), (RNN, torch.nn.RNN)]
+
+
+@pytest.mark.parametrize("cls, tcls", PAIRS)
 def test_recurrent_sequences_match_torch(cls, tcls):
     tm = tcls(3, 4, num_layers=2, batch_first=True)
     compare(tm, cls(3, 4, num_layers=2), rand(2, 6, 3), out=lambda y: y[0])

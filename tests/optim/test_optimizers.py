@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from nnflow import ad
+from nnflow.backend import gpu_available, to_device
 from nnflow.optim import SGD, Adagrad, Adam, AdamW, RMSProp, RMSprop
 
 STEPS = 20
@@ -33,8 +34,9 @@ def ref_sgd(p, grads, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_de
     return p
 
 
-def ref_adam(p, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-             decoupled=False):  # fmt: skip
+def ref_adam(
+    p, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, decoupled=False
+):
     b1, b2 = betas
     m, v, vmax, t = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p), 0
     for g in grads:
@@ -58,8 +60,7 @@ def ref_adamw(p, grads, lr, weight_decay=1e-2, **kwargs):
     return ref_adam(p, grads, lr, weight_decay=weight_decay, decoupled=True, **kwargs)
 
 
-def ref_rmsprop(p, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                centered=False):  # fmt: skip
+def ref_rmsprop(p, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
     s, a, buf = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
     for g in grads:
         if g is None:
@@ -76,8 +77,9 @@ def ref_rmsprop(p, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0
     return p
 
 
-def ref_adagrad(p, grads, lr, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                eps=1e-10):  # fmt: skip
+def ref_adagrad(
+    p, grads, lr, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10
+):
     s, t = np.full_like(p, initial_accumulator_value), 0
     for g in grads:
         if g is None:
@@ -149,7 +151,9 @@ def test_matches_pytorch(cls, ref, torch_name, kwargs):
     torch = pytest.importorskip("torch")
     params, grads = problem(seed=1)
     got, _ = run_nnflow(cls, kwargs, params, grads)
-    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    tensors = {
+        k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()
+    }
     opt = getattr(torch.optim, torch_name)(list(tensors.values()), **kwargs)
     for g in grads:
         for name, t in tensors.items():
@@ -203,9 +207,10 @@ def test_options_by_predicate_and_glob_later_wins():
     opt = SGD(
         params,
         lr=1.0,
-        options={"enc.*": {"lr": 0.5}, (lambda path: path[-1] == "w" and path[0] == "enc"): {
-            "lr": 0.25
-        }},
+        options={
+            "enc.*": {"lr": 0.5},
+            (lambda path: path[-1] == "w" and path[0] == "enc"): {"lr": 0.25},
+        },
     )
     opt.step({("enc", "w"): np.ones(1), ("dec", "w"): np.ones(1)})
     assert params["enc"]["w"].tolist() == [0.75] and params["dec"]["w"].tolist() == [0.0]
@@ -279,3 +284,16 @@ def test_state_template_and_to():
     opt.step({("w",): np.ones((2, 2), np.float32)})
     assert opt.to("cpu") is opt and opt.state[("w",)]["square_avg"].dtype == np.float32
     assert "RMSProp(lr=0.01" in repr(opt)
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+@pytest.mark.parametrize("cls, ref, torch_name, kwargs", OPTIMIZERS, ids=IDS)
+def test_gpu_matches_cpu(cls, ref, torch_name, kwargs):
+    params, grads = problem()
+    want, _ = run_nnflow(cls, kwargs, params, grads)
+    on_gpu = to_device(params, "gpu")
+    opt = cls(on_gpu, **kwargs)
+    for g in grads:
+        opt.step(to_device(g, "gpu"))
+    for name in params:
+        np.testing.assert_allclose(to_device(on_gpu[name], "cpu"), want[name], rtol=1e-10)

@@ -24,7 +24,11 @@ from nnflow.optim import (
 SCHEDULES = [
     (StepLR, {"step_size": 3, "gamma": 0.5}, lambda t: 0.5 ** (t // 3)),
     (ExponentialLR, {"gamma": 0.9}, lambda t: 0.9**t),
-    (CosineAnnealingLR, {"T_max": 10, "eta_min": 0.01}, lambda t: 0.01 + 0.99 * (1 + math.cos(math.pi * t / 10)) / 2),  # fmt: skip
+    (
+        CosineAnnealingLR,
+        {"T_max": 10, "eta_min": 0.01},
+        lambda t: 0.01 + 0.99 * (1 + math.cos(math.pi * t / 10)) / 2,
+    ),
     (LinearLR, {"start_factor": 0.1, "total_iters": 4}, lambda t: 0.1 + 0.9 * min(t, 4) / 4),
 ]
 
@@ -33,7 +37,9 @@ def fresh_optimizer(lr: float = 1.0) -> SGD:
     return SGD({"w": np.zeros(1)}, lr=lr)
 
 
-@pytest.mark.parametrize("cls, kwargs, formula", SCHEDULES, ids=lambda x: getattr(x, "__name__", ""))
+@pytest.mark.parametrize(
+    "cls, kwargs, formula", SCHEDULES, ids=lambda x: getattr(x, "__name__", "")
+)
 def test_closed_forms(cls, kwargs, formula):
     opt = fresh_optimizer()
     schedule = cls(opt, **kwargs)
@@ -44,7 +50,9 @@ def test_closed_forms(cls, kwargs, formula):
     np.testing.assert_allclose(lrs, [formula(t) for t in range(11)], rtol=1e-12)
 
 
-@pytest.mark.parametrize("cls, kwargs, formula", SCHEDULES, ids=lambda x: getattr(x, "__name__", ""))
+@pytest.mark.parametrize(
+    "cls, kwargs, formula", SCHEDULES, ids=lambda x: getattr(x, "__name__", "")
+)
 def test_schedules_match_pytorch(cls, kwargs, formula):
     torch = pytest.importorskip("torch")
     opt = fresh_optimizer(0.3)
@@ -70,8 +78,11 @@ def test_warmup_then_cosine_and_state_round_trip():
     np.testing.assert_allclose(lrs, [0.5, 0.75, 1.0, 0.853553, 0.5, 0.146447, 0.0], atol=1e-6)
     state = json.loads(json.dumps(schedule.state_dict()))
     other_opt = fresh_optimizer()
-    other = SequentialLR(other_opt, [LinearLR(other_opt, 0.5, total_iters=2),
-                                     CosineAnnealingLR(other_opt, T_max=4)], milestones=[2])  # fmt: skip
+    other = SequentialLR(
+        other_opt,
+        [LinearLR(other_opt, 0.5, total_iters=2), CosineAnnealingLR(other_opt, T_max=4)],
+        milestones=[2],
+    )
     other.load_state_dict(state)
     assert other_opt.lr == opt.lr
 

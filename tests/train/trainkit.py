@@ -1,4 +1,5 @@
-"""Shared by the training tests: a small classifier with every kind of state a checkpoint must carry, on the shipped digits.
+"""Shared by the training tests: a small classifier on the shipped digits, with every kind of
+state a checkpoint must carry.
 
 Parameters, BatchNorm buffers (running statistics, an int64 counter), a Dropout generator, and a
 shuffled DataLoader: resuming is exact only if all of them come back.
