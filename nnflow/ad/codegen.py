@@ -44,7 +44,7 @@ _LITERAL = (int, bool, str, type(None))
 class Generated:
     """The source of a step and what its globals must hold (buffers are added by the caller).
 
-    ``views`` maps a buffer view's name to ``(buffer, shape, dtype)``.
+    ``views`` maps a buffer view's name to ``(buffer, shape, dtype, axes)``.
     """
 
     source: str
@@ -221,7 +221,7 @@ def _call_line(op: Op, plan: Plan, names: _Names, value_name, views: dict) -> st
 
 def _view_name(spec: tuple, views: dict) -> str:
     for name, known in views.items():
-        if known[0] == spec[0] and known[1] == spec[1] and known[2] == spec[2]:
+        if known == spec:
             return name
     name = f"B{len(views)}"
     views[name] = spec

@@ -29,7 +29,7 @@ import numpy as np
 from ..backend import get_array_module
 from .codegen import generate
 from .grad import GradientResult, _argument_names, _concrete, _normalise_wrt, _run, grad
-from .memory import Plan, plan
+from .memory import Plan, plan, view_of
 from .passes import Graph, from_tape, is_impure, optimize
 from .signature import accessor, describe_change, find_objects, signature
 from .tape import _ACTIVE, GuardFailure, Tape, place
@@ -73,9 +73,8 @@ class CompiledTape:
         xp = get_array_module(*[op.value for op in self.graph.inputs])
         raws = [xp.empty(n, dtype=np.uint8) for n in self.plan.buffers]
         namespace = generated.namespace
-        for view, (k, shape, dtype) in generated.views.items():
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            namespace[view] = raws[k][:nbytes].view(dtype).reshape(shape)
+        for view, (k, shape, dtype, axes) in generated.views.items():
+            namespace[view] = view_of(raws[k], shape, dtype, axes)
         self.nbytes = sum(self.plan.buffers)
         self._owned = {id(raw) for raw in raws}
         filename = f"<nnflow compiled {name} #{next(_COUNTER)}>"

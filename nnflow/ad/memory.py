@@ -28,7 +28,7 @@ import numpy as np
 from .passes import Graph, Op, is_impure
 from .rules.indexing import _scatter_add, setitem
 
-__all__ = ["Plan", "plan", "out_kind"]
+__all__ = ["Plan", "plan", "out_kind", "layout", "view_of"]
 
 # Functions that return a new array, never a view of an argument (besides every ufunc).
 FRESH = {
@@ -64,6 +64,35 @@ def out_kind(op: Op) -> str | None:
     return None
 
 
+def layout(value) -> tuple[int, ...] | None:
+    """The order of ``value``'s axes in memory, outermost first (``None``: C order).
+
+    A buffer written with ``out=`` gets the layout NumPy gave the recorded result: for a
+    strided input NumPy may otherwise pick another inner loop (a SIMD one for contiguous
+    data) and round transcendental functions differently in the last bit.
+
+    >>> layout(np.ones((2, 3)).T), layout(np.ones((2, 3)))
+    ((1, 0), None)
+    """
+    strides = value.strides
+    axes = tuple(sorted(range(value.ndim), key=lambda i: -strides[i]))
+    return None if axes == tuple(range(value.ndim)) else axes
+
+
+def view_of(raw, shape: tuple, dtype, axes: tuple | None):
+    """A ``shape``/``dtype`` array over the byte buffer ``raw``, its axes laid out as ``axes``.
+
+    >>> view_of(np.empty(48, np.uint8), (2, 3), np.float64, (1, 0)).strides
+    (8, 16)
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    flat = raw[:nbytes].view(dtype)
+    if axes is None:
+        return flat.reshape(shape)
+    inverse = tuple(int(i) for i in np.argsort(axes))
+    return flat.reshape(tuple(shape[a] for a in axes)).transpose(inverse)
+
+
 def _fresh(op: Op) -> bool:
     return isinstance(op.fn, np.ufunc) or op.fn in FRESH or is_impure(op.fn)
 
@@ -80,7 +109,8 @@ class Plan:
     """Where each op writes: ``dest[index]`` is ``("buffer", k)``, ``("inplace", i)`` or absent.
 
     ``buffers[k]`` is the size in bytes of buffer ``k``; ``views[index]`` the ``(k, shape,
-    dtype)`` an op writing into buffer ``k`` sees; ``planned`` the values living in a buffer.
+    dtype, axes)`` an op writing into buffer ``k`` sees (see :func:`layout`); ``planned`` the
+    values living in a buffer.
     """
 
     dest: dict[int, tuple] = field(default_factory=dict)
@@ -134,8 +164,10 @@ def _inplace_target(op, position, defs, storage_of, ends):
         if store is None or not store.owned or store.end != position:
             continue
         value = defs[i].value
-        if _is_ndarray(value) and value.shape == op.value.shape and value.dtype == op.value.dtype:
-            return i, store
+        out = op.value
+        if _is_ndarray(value) and (value.shape, value.dtype) == (out.shape, out.dtype):
+            if value.strides == out.strides:  # the layout eager NumPy gave the result
+                return i, store
     return None
 
 
@@ -189,7 +221,7 @@ def plan(graph: Graph) -> Plan:
         storage_of[op.index] = holder[k] = _Storage(end, owned=True, buffer=k)
         heapq.heappush(busy, (end, k))
         result.dest[op.index] = ("buffer", k)
-        result.views[op.index] = (k, op.value.shape, op.value.dtype)
+        result.views[op.index] = (k, op.value.shape, op.value.dtype, layout(op.value))
         result.planned.add(op.index)
     result.copy_state = {i for i in state if _may_view(i, result.planned, aliases)}
     return result

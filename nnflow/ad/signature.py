@@ -36,7 +36,14 @@ def _is_generator(x) -> bool:
 
 def _array_key(x) -> tuple:
     device = getattr(getattr(x, "device", None), "id", "cpu")  # CuPy arrays: the GPU's id
-    return (type(x).__name__, tuple(np.shape(x)), x.dtype, device)
+    return (type(x).__name__, tuple(np.shape(x)), x.dtype, device, _layout(x))
+
+
+def _layout(x):
+    """``None`` for C-contiguous data, else the strides: a compiled step writes its buffers in
+    the layout NumPy chose when tracing, which follows the inputs' layouts."""
+    flags = getattr(x, "flags", None)
+    return None if flags is None or flags.c_contiguous else x.strides
 
 
 def _tree_key(obj) -> tuple:
@@ -78,7 +85,9 @@ def signature(args: tuple) -> tuple:
     for x in args:
         cls = type(x)
         if cls is np.ndarray:
-            key.append((x.shape, x.dtype))
+            key.append(
+                (x.shape, x.dtype) if x.flags.c_contiguous else (x.shape, x.dtype, x.strides)
+            )
         elif cls is float:
             key.append(float)
         elif cls in _VALUES:
@@ -91,10 +100,12 @@ def signature(args: tuple) -> tuple:
 
 
 def _show(entry) -> str:
-    if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], tuple):
-        return f"{np.dtype(entry[1]).name}{list(entry[0])}"  # a NumPy array
-    if isinstance(entry, tuple) and len(entry) == 4 and isinstance(entry[1], tuple):
-        return f"{np.dtype(entry[2]).name}{list(entry[1])} on {entry[3]}"
+    if isinstance(entry, tuple) and len(entry) in (2, 3) and isinstance(entry[0], tuple):
+        strides = f" strides {entry[2]}" if len(entry) == 3 else ""
+        return f"{np.dtype(entry[1]).name}{list(entry[0])}{strides}"  # a NumPy array
+    if isinstance(entry, tuple) and len(entry) == 5 and isinstance(entry[1], tuple):
+        strides = f" strides {entry[4]}" if entry[4] else ""
+        return f"{np.dtype(entry[2]).name}{list(entry[1])} on {entry[3]}{strides}"
     if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], type):
         return f"{entry[0].__name__} {entry[1]!r}"
     if entry is float:

@@ -98,6 +98,20 @@ class DataLoader:
         """Start ``epoch`` from its first batch at the next iteration."""
         self.epoch, self.batch = int(epoch), 0
 
+    def shard(self, rank: int, world_size: int) -> Any:
+        """Rank ``rank``'s share of every batch when ``world_size`` processes train together.
+
+        Each step takes a global batch of ``world_size * batch_size`` samples in this loader's
+        order and gives rank ``rank`` its contiguous piece (``nnflow.data.sharded``).
+
+        >>> loader = DataLoader(np.arange(8), batch_size=2, shuffle=False)
+        >>> [b.tolist() for b in loader.shard(rank=1, world_size=2)]
+        [[2, 3], [6, 7]]
+        """
+        from .sharded import ShardedLoader
+
+        return ShardedLoader(self, rank, world_size)
+
     def state_dict(self) -> dict[str, int]:
         """The position (JSON-able): epoch, batches done in it, and the seed.
 

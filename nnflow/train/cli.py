@@ -70,6 +70,11 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--seed", type=int, help="seed for data order and model init (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the MPI ranks (mpirun -n N ...); --batch-size is per rank",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -182,11 +187,14 @@ def _build(namespace: dict[str, Any], settings: dict[str, Any], name: str):
 def _fit(namespace: dict[str, Any], args: argparse.Namespace, name: str, parser) -> int:
     from .callbacks import PrintMetrics
     from .checkpoint import CheckpointError
+    from .distributed import DistributedError
     from .trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
+    distributed = getattr(args, "distributed", False)
     if args.resume and not args.checkpoint:
         _usage_error(parser, "--resume needs --checkpoint PATH (the checkpoint to continue)")
-    if args.resume and not os.path.exists(args.checkpoint):
+    # distributed: only rank 0 needs the file (it sends it to the others); the trainer checks
+    if args.resume and not distributed and not os.path.exists(args.checkpoint):
         return _fail(
             f"--resume: no checkpoint at {args.checkpoint} to resume from "
             f"(run without --resume to start fresh)"
@@ -208,9 +216,11 @@ def _fit(namespace: dict[str, Any], args: argparse.Namespace, name: str, parser)
             device=settings["device"],
             progress=not args.no_progress,
             metrics=metrics,
+            distributed=distributed,
         )
-    except RuntimeError as error:  # e.g. --device gpu without CuPy or a GPU
+    except (RuntimeError, ImportError) as error:  # --device gpu without a GPU, no mpi4py
         return _fail(str(error))
+    root = trainer.dist is None or trainer.dist.rank == 0  # the other ranks print nothing
     if args.no_progress:
         callbacks.append(PrintMetrics())
     try:
@@ -218,10 +228,13 @@ def _fit(namespace: dict[str, Any], args: argparse.Namespace, name: str, parser)
             train, settings["epochs"], val=val, callbacks=callbacks, resume=args.resume
         )
     except TrainingInterrupted as error:  # the checkpoint is saved: exit as the signal would
-        print(f"nnflow: {error}", file=sys.stderr)
+        if root:
+            print(f"nnflow: {error}", file=sys.stderr)
         return 128 + int(error.signal)
-    except (NonFiniteLossError, CheckpointError) as error:
-        return _fail(str(error))
+    except (NonFiniteLossError, CheckpointError, DistributedError, FileNotFoundError) as error:
+        return _fail(str(error)) if root else 1
+    if not root:
+        return 0
     last = history[-1] if len(history) else {}
     metrics_text = "  ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_"))
     saved = f"; checkpoint: {args.checkpoint}" if args.checkpoint else ""

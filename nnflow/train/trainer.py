@@ -28,7 +28,7 @@ from typing import Any
 from .. import ad
 from ..backend import to_device
 from .callbacks import Callback, LRSchedule, PrintMetrics
-from .checkpoint import generators, read_checkpoint, write_checkpoint
+from .checkpoint import CheckpointError, generators, read_checkpoint, write_checkpoint
 from .history import History, batch_size
 
 __all__ = ["Trainer", "History", "NonFiniteLossError", "TrainingInterrupted"]
@@ -63,6 +63,9 @@ class Trainer:
         metrics: ``{name: fn(model, batch) -> float}``, e.g. ``{"accuracy": accuracy}``,
             averaged over samples on the training batches (in eval mode) and the validation set.
         compile: use ``ad.compile_grad`` (``False``: plain ``ad.grad`` every step).
+        distributed: data-parallel training over the MPI ranks this process belongs to
+            (``True``, or an ``nnflow.train.distributed.DataParallel`` with options); see
+            ``nnflow/train/distributed.py``. Needs mpi4py (``pip install 'nnflow[dist]'``).
 
     >>> import numpy as np
     >>> from nnflow.data import DataLoader
@@ -87,8 +90,16 @@ class Trainer:
         progress: bool = True,
         metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
         compile: bool = True,
+        distributed: Any = False,
     ):
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.dist: Any = None  # a DataParallel when distributed (rank 0 alone saves and prints)
+        if distributed:
+            from .distributed import DataParallel
+
+            self.dist = distributed if isinstance(distributed, DataParallel) else DataParallel()
+            self.dist.setup(device)  # before the model moves: picks this rank's GPU
+            progress = progress and self.dist.rank == 0
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
         self.device, self.progress, self.metrics = device, progress, dict(metrics or {})
         self.epoch = self.step = 0
@@ -126,7 +137,16 @@ class Trainer:
             callbacks: ``Callback`` objects; a bare learning-rate schedule is stepped per epoch.
             resume: continue from the checkpoint (``"auto"``: only if the file exists).
         """
+        if self.dist is not None:  # an error only this rank sees stops every rank
+            with self.dist.guard(self):
+                return self._fit(train, epochs, val, callbacks, resume)
+        return self._fit(train, epochs, val, callbacks, resume)
+
+    def _fit(self, train, epochs, val, callbacks, resume) -> History:
+        """``fit``'s body (``fit`` wraps it in the distributed error guard)."""
         self.callbacks = [_as_callback(c) for c in callbacks]
+        if self.dist is not None:  # each rank gets its piece of every batch
+            train, val = self.dist.prepare(self, train, val)
         self._train, self.stop_training = train, False
         if self.progress and not any(isinstance(c, PrintMetrics) for c in self.callbacks):
             self.callbacks.append(PrintMetrics())
@@ -135,6 +155,8 @@ class Trainer:
         else:
             self.epoch = self.step = self._batch = 0
             self._sums, self.history = {}, History()
+        if self.dist is not None:  # rank 0's parameters and generators to every rank
+            self.dist.start(self)
         if self.epoch >= epochs:
             self.log(f"nothing to do: {self.epoch} of {epochs} epochs already done")
         self._call("on_fit_start")
@@ -170,6 +192,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{self._sums['loss'] / self._sums['n']:.4g}", refresh=False)
                 if self._signal is not None:
                     raise _StopError
+        if self.dist is not None:  # rank 0's buffers (BatchNorm statistics) to every rank
+            self.dist.broadcast_model(self.model)
         logs = {"epoch": self.epoch + 1}
         n = self._sums.get("n", 0)
         logs.update({k: v / n for k, v in self._sums.items() if k != "n" and n})
@@ -187,16 +211,21 @@ class Trainer:
             raise _StopError
 
     def _train_step(self, batch: Any) -> None:
-        value, grads = self._gradient(batch)
+        metrics = None
+        if self.dist is not None:  # loss, metrics and gradients averaged over the ranks
+            value, size, metrics, grads = self.dist.step(self, batch)
+        else:
+            value, grads = self._gradient(batch)
+            size = batch_size(batch)
         value = float(value)
         if not math.isfinite(value):
             raise NonFiniteLossError(self._non_finite_message(value))
-        size = self._last_size = batch_size(batch)
+        self._last_size = size
         sums = self._sums
         sums["loss"] = sums.get("loss", 0.0) + value * size
         sums["n"] = sums.get("n", 0) + size
         if self.metrics:
-            for name, value_ in self._metrics(batch).items():
+            for name, value_ in (metrics if metrics is not None else self._metrics(batch)).items():
                 sums[name] = sums.get(name, 0.0) + value_ * size
         self.optimizer.step(grads)
         self.step, self._batch = self.step + 1, self._batch + 1
@@ -269,6 +298,8 @@ class Trainer:
                 sums["n"] = sums.get("n", 0) + size
                 if self._signal is not None:
                     raise _StopError
+        if self.dist is not None:  # each rank evaluated its shard: add up the ranks' sums
+            sums = self.dist.reduce_sums(sums, ["loss", *self.metrics], data)
         n = sums.pop("n", 0)
         return {prefix + name: total / n for name, total in sums.items()} if n else {}
 
@@ -282,6 +313,7 @@ class Trainer:
             "batch": self._batch,
             "sums": dict(self._sums),
             "seed": getattr(train, "seed", None),
+            "world_size": self.dist.size if self.dist is not None else 1,
             "history": list(self.history),
             "callbacks": [
                 {"class": type(c).__name__, "state": c.state_dict()}
@@ -307,7 +339,10 @@ class Trainer:
         if path is None:
             raise ValueError("Trainer.save: no path given and no Trainer(checkpoint=...)")
         meta = {"epochs_done": self.epoch}
-        write_checkpoint(path, self.model, self.optimizer, trainer=self.state_dict(), meta=meta)
+        if self.dist is None or self.dist.rank == 0:
+            write_checkpoint(path, self.model, self.optimizer, trainer=self.state_dict(), meta=meta)
+        if self.dist is not None:  # the other ranks go on once the file is written
+            self.dist.barrier(f"rank 0 writing the checkpoint {path}")
         return path
 
     def _save_checkpoint(self) -> str | None:
@@ -319,7 +354,10 @@ class Trainer:
     def _resume(self, train: Any, mode: bool | str) -> None:
         if self.checkpoint is None:
             raise ValueError("fit(resume=True) needs Trainer(checkpoint=PATH) to resume from")
-        if not os.path.exists(self.checkpoint):
+        path = self.checkpoint
+        if self.dist is not None:  # rank 0 reads the file and sends it to every rank
+            path = self.dist.fetch_checkpoint(path)
+        if path is None or not os.path.exists(path):
             if mode == "auto":
                 self.epoch = self.step = self._batch = 0
                 self._sums, self.history = {}, History()
@@ -328,9 +366,19 @@ class Trainer:
                 f"fit(resume=True): no checkpoint at {self.checkpoint} to resume from; "
                 f"run without resume to start fresh"
             )
-        state = read_checkpoint(self.checkpoint, self.model, self.optimizer, require_trainer=True)
+        state = read_checkpoint(path, self.model, self.optimizer, require_trainer=True)
         state = state["trainer"]
         self.epoch, self.step, self._batch = state["epoch"], state["step"], state["batch"]
+        saved_world, world = state.get("world_size", 1), self.dist.size if self.dist else 1
+        if self._batch and saved_world != world:  # the data position depends on the ranks
+            raise CheckpointError(
+                self.checkpoint,
+                [
+                    f"saved in the middle of epoch {self.epoch + 1} by a run on {saved_world} "
+                    f"process(es); resume it on {saved_world}, or from a checkpoint saved at "
+                    f"the end of an epoch"
+                ],
+            )
         self._saved = (self.epoch, self.step)
         self._sums, self.history = dict(state["sums"]), History(state["history"])
         if self._batch and hasattr(train, "load_state_dict"):
@@ -376,9 +424,13 @@ class Trainer:
             return
 
         def handler(signum, frame):
-            if self._signal is not None and signum == signal.SIGINT:
+            pending = self._signal if self.dist is None else self.dist.pending_signal
+            if pending is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C stops at once
-            self._signal = signum
+            if self.dist is not None:  # the ranks agree on it at the next step, then stop
+                self.dist.pending_signal = signum
+            else:
+                self._signal = signum
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -2,7 +2,8 @@
 
 Hypothesis builds a small program (unary and binary elementwise ops with broadcasting,
 reductions with ``keepdims``, reversing views, data-dependent branches) over two arrays of
-broadcast-compatible shapes and a Python float; ``ad.compile_grad`` of it must give exactly
+broadcast-compatible shapes (C or Fortran order) and a Python float; ``ad.compile_grad`` of
+it must give exactly
 what ``ad.grad`` gives, on the call that traces and on later calls that reuse the buffers.
 """
 
@@ -66,7 +67,7 @@ def programs(draw):
         else:
             steps.append((kind, None, draw(st.integers(0, 99))))
     seed = draw(st.integers(0, 2**16))
-    return shape, other, steps, seed
+    return shape, other, steps, seed, draw(st.booleans())
 
 
 def run(steps, x, y, s):
@@ -105,7 +106,7 @@ def assert_identical(got, want):
 @settings(max_examples=60, deadline=None)
 @given(programs())
 def test_compiled_gradients_equal_eager_gradients(program):
-    shape, other, steps, seed = program
+    shape, other, steps, seed, fortran = program
 
     def f(x, y, s):
         return run(steps, x, y, s)
@@ -114,4 +115,5 @@ def test_compiled_gradients_equal_eager_gradients(program):
     cg = ad.compile_grad(f)
     for _ in range(3):  # trace, then the compiled step (and maybe another variant), reused
         x, y, s = rng.normal(size=shape), rng.normal(size=other), float(rng.normal())
+        x = np.asfortranarray(x) if fortran else x  # buffers follow the inputs' layout
         assert_identical(cg(x, y, s, copy=True), ad.grad(f, x, y, s))

@@ -7,7 +7,14 @@ import importlib
 
 import pytest
 
-MODULES = ["nnflow.data", "nnflow.data.loader", "nnflow.data.datasets", "nnflow.data.idx"]
+MODULES = [
+    "nnflow.data",
+    "nnflow.data.loader",
+    "nnflow.data.datasets",
+    "nnflow.data.idx",
+    "nnflow.data.bptt",
+    "nnflow.data.text",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
