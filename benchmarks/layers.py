@@ -271,6 +271,7 @@ def run(args) -> dict:
         _check_agreement(workload, {s: hello for s, (_, hello) in workers.items()})
         times = {s: [] for s in systems}
         clean = {s: [] for s in systems}
+        others = {s: [] for s in systems}
         loads, noisy = [], 0
         _wait_for_quiet(args.max_load, args.max_wait)
         for r in range(args.repeat):
@@ -280,6 +281,7 @@ def run(args) -> dict:
             for s in order:
                 seconds, other = _timed_round(workers[s][0])
                 times[s].append(seconds)
+                others[s].append(other)
                 if other <= args.max_other:
                     clean[s].append(seconds)
                 contended |= other > args.max_other
@@ -290,6 +292,7 @@ def run(args) -> dict:
         results[workload] = {
             "times": times,
             "clean": clean,
+            "other_share": others,
             "loads": loads,
             "noisy_rounds": noisy,
             "loss": {s: h["loss"] for s, (_, h) in workers.items()},

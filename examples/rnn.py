@@ -33,11 +33,11 @@ from nnflow.backend import device_of, to_device
 from nnflow.cli import run_script
 from nnflow.data import BPTTLoader, CharVocab, nettle_manual
 from nnflow.functional import softmax
-from nnflow.layers import Embedding, Linear, LSTMCell, Recur
+from nnflow.layers import Dropout, Embedding, Linear, LSTMCell, Recur
 from nnflow.optim import Adam, ExponentialLR
 from nnflow.train import Callback
 
-defaults = {"epochs": 20, "batch_size": 32, "lr": 3e-3}
+defaults = {"epochs": 15, "batch_size": 32, "lr": 1e-2}
 SEQ_LEN = 64  # characters per chunk: how far back gradients flow
 VOCAB = CharVocab(nettle_manual())  # every character of the text, training and held-out
 
@@ -45,9 +45,11 @@ VOCAB = CharVocab(nettle_manual())  # every character of the text, training and 
 class CharLSTM(Model):
     """Embedding -> ``Recur(LSTMCell)`` -> linear: next-character logits at every step."""
 
-    def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 256, seed=0):
+    def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 256,
+                 dropout: float = 0.25, seed: int = 0):  # fmt: skip
         self.embed = Embedding(vocab_size, embed_dim, rng=seed)
         self.rnn = Recur(LSTMCell(embed_dim, hidden_size, rng=seed + 1))
+        self.drop = Dropout(dropout, rng=seed + 3)
         self.head = Linear(hidden_size, vocab_size, rng=seed + 2)
 
     def forward(self, x):
@@ -55,7 +57,7 @@ class CharLSTM(Model):
         state (``self.rnn.reset()`` first to start afresh)."""
         e = self.embed(x)
         h = np.stack([self.rnn(e[:, t]) for t in range(x.shape[1])], axis=1)
-        return self.head(h)
+        return self.head(self.drop(h))
 
 
 def model(seed):

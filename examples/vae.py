@@ -128,7 +128,7 @@ def optimizer(model, lr):
     return Adam(model, lr=lr)
 
 
-def grid(images, columns: int, scale: int = 4, gap: int = 1) -> np.ndarray:
+def grid(images, columns: int, scale: int = 6, gap: int = 2) -> np.ndarray:
     """``uint8`` picture of ``(N, 1, 8, 8)`` images in ``[0, 1]`` tiled ``columns`` across,
     each pixel a ``scale x scale`` block, ``gap`` white pixels between tiles."""
     images = np.asarray(to_device(images, "cpu"), dtype=np.float64)[:, 0]

@@ -67,6 +67,7 @@ class _ConvBase(Model):
         self.stride = _pair(stride, "stride", name, n)
         self.dilation = _pair(dilation, "dilation", name, n)
         self.padding = _padding(padding, self.kernel_size, self.dilation, self.stride, name, n)
+        self.padding_mode = padding if isinstance(padding, str) else None  # for the repr
         self.groups = groups
         self.in_channels, self.out_channels = in_channels, out_channels
         if self.transposed:
@@ -96,7 +97,9 @@ class _ConvBase(Model):
         parts = [f"{self.in_channels} => {self.out_channels}", k]
         if any(s != 1 for s in self.stride):
             parts.append(f"stride={_short(self.stride)}")
-        if any(p != (0, 0) for p in self.padding):
+        if self.padding_mode == "same":
+            parts.append('padding="same"')
+        elif any(p != (0, 0) for p in self.padding):
             parts.append(f"padding={_short(tuple(p[0] for p in self.padding))}")
         if any(d != 1 for d in self.dilation):
             parts.append(f"dilation={_short(self.dilation)}")
@@ -122,7 +125,7 @@ class Conv2d(_ConvBase):
 
     >>> conv = Conv2d(1, 16, 3, padding="same", activation="relu", rng=0)
     >>> conv
-    Conv2d(1 => 16, 3x3, padding=1, relu)  # 160 parameters
+    Conv2d(1 => 16, 3x3, padding="same", relu)  # 160 parameters
     >>> conv(np.zeros((8, 1, 28, 28), np.float32)).shape
     (8, 16, 28, 28)
     """

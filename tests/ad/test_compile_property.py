@@ -2,9 +2,9 @@
 
 Hypothesis builds a small program (unary and binary elementwise ops with broadcasting,
 reductions with ``keepdims``, reversing views, data-dependent branches) over two arrays of
-broadcast-compatible shapes (C or Fortran order) and a Python float; ``ad.compile_grad`` of
-it must give exactly
-what ``ad.grad`` gives, on the call that traces and on later calls that reuse the buffers.
+broadcast-compatible shapes (float64 or float32, C or Fortran order) and a Python float;
+``ad.compile_grad`` of it must give exactly what ``ad.grad`` gives, on the call that traces
+and on later calls that reuse the buffers.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def programs(draw):
         else:
             steps.append((kind, None, draw(st.integers(0, 99))))
     seed = draw(st.integers(0, 2**16))
-    return shape, other, steps, seed, draw(st.booleans())
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    return shape, other, steps, seed, draw(st.booleans()), dtype
 
 
 def run(steps, x, y, s):
@@ -106,7 +107,7 @@ def assert_identical(got, want):
 @settings(max_examples=60, deadline=None)
 @given(programs())
 def test_compiled_gradients_equal_eager_gradients(program):
-    shape, other, steps, seed, fortran = program
+    shape, other, steps, seed, fortran, dtype = program
 
     def f(x, y, s):
         return run(steps, x, y, s)
@@ -114,6 +115,7 @@ def test_compiled_gradients_equal_eager_gradients(program):
     rng = np.random.default_rng(seed)
     cg = ad.compile_grad(f)
     for _ in range(3):  # trace, then the compiled step (and maybe another variant), reused
-        x, y, s = rng.normal(size=shape), rng.normal(size=other), float(rng.normal())
+        x, y = rng.normal(size=shape).astype(dtype), rng.normal(size=other).astype(dtype)
+        s = float(rng.normal())
         x = np.asfortranarray(x) if fortran else x  # buffers follow the inputs' layout
         assert_identical(cg(x, y, s, copy=True), ad.grad(f, x, y, s))
