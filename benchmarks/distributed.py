@@ -1,12 +1,15 @@
 """Data-parallel scaling (issue 9): an MLP epoch on 1 and 2 MPI ranks, and the allreduce share.
 
-Two MLPs train on the shipped digits (1442 training images, float32, AdamW) with the same
-*global* batch in every row, so that every row computes the same training (strong scaling):
+Two MLPs, in three configurations, train on the shipped digits (1442 training images, float32,
+AdamW) with the same *global* batch in every row, so that every row computes the same training
+(strong scaling):
 
 * ``example`` -- the model of ``examples/mlp.py`` without dropout, 64-128-10 (9.6K parameters),
   global batch 64 (23 steps an epoch);
-* ``wide``    -- 64-1024-1024-10 (1.1M parameters, 4.5 MB of float32 gradients), global
-  batch 128 (12 steps an epoch).
+* ``wide-128`` and ``wide-512`` -- 64-1024-1024-10 (1.1M parameters, 4.5 MB of float32
+  gradients), global batch 128 (12 steps an epoch) or 512 (3 steps, the last of 418 samples).
+  Each rank runs the whole optimizer step (AdamW over 1.1M parameters, about 7-10 ms here)
+  whatever its batch, so only the larger batch leaves enough divisible work to scale.
 
 Rows: ``1 proc x 1 thread`` and ``1 proc x 2 threads`` (plain ``Trainer``, BLAS threads as
 given), ``mpirun -n 1`` and ``mpirun -n 2`` (``Trainer(distributed=True)``, one BLAS thread per
@@ -40,7 +43,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = {"example": ((64, 128, 10), 64), "wide": ((64, 1024, 1024, 10), 128)}
+CONFIGS = {
+    "example": ((64, 128, 10), 64),
+    "wide-128": ((64, 1024, 1024, 10), 128),
+    "wide-512": ((64, 1024, 1024, 10), 512),
+}
 ROWS = ("1 proc x 1 thread", "1 proc x 2 threads", "mpirun -n 1", "mpirun -n 2")
 
 

@@ -208,12 +208,19 @@ def threads(system: str) -> str:
     if system == "torch":
         import torch
 
-        parts.append(f"torch intra-op {torch.get_num_threads()}, "
-                     f"inter-op {torch.get_num_interop_threads()}")  # fmt: skip
+        parts.append(
+            f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}"
+        )
     if system == "jax":
         flags = os.environ.get("XLA_FLAGS", "")
-        parts.append("XLA " + ("1 thread" if "multi_thread_eigen=false" in flags
-                               else f"Eigen pool of {os.cpu_count()} (all cores)"))  # fmt: skip
+        parts.append(
+            "XLA "
+            + (
+                "1 thread"
+                if "multi_thread_eigen=false" in flags
+                else f"Eigen pool of {os.cpu_count()} (all cores)"
+            )
+        )
     for p in thread_pools():
         parts.append(f"{p['internal_api']} {p['num_threads']}")
     return ", ".join(parts) or "unknown"
@@ -235,8 +242,9 @@ def worker(args) -> int:
     from .workloads._common import NUMPY_ALLOCATING, Config
 
     wl = WORKLOADS[args.workload]
-    cfg = Config(dtype=wl.dtype, tiny=args.tiny, device=args.device, threads=args.threads,
-                 options=wl.options)  # fmt: skip
+    cfg = Config(
+        dtype=wl.dtype, tiny=args.tiny, device=args.device, threads=args.threads, options=wl.options
+    )
     t0 = time.perf_counter()
     try:
         bench = wl.load().build(args.system, cfg)
@@ -248,12 +256,14 @@ def worker(args) -> int:
         traceback.print_exc()
         reply({"error": f"{type(error).__name__}: {error}"})
         return 1
-    reply({
-        "ready": True,
-        "setup_s": time.perf_counter() - t0,
-        "version": versions(args.system),
-        "threads": threads(args.system),
-    })  # fmt: skip
+    reply(
+        {
+            "ready": True,
+            "setup_s": time.perf_counter() - t0,
+            "version": versions(args.system),
+            "threads": threads(args.system),
+        }
+    )
     for line in sys.stdin:
         command = line.strip()
         if command == "time":

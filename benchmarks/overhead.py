@@ -58,24 +58,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: import this checkout's benchmarks package
+    sys.path.insert(0, str(ROOT))
 
-#: One cycle of the chain: (operation, scalar constant). Chosen so that values stay bounded
-#: and the gradient of a 50-op chain is neither vanishing nor exploding (about 1e-2).
-CYCLE = [
-    ("sin", None),
-    ("mul", 1.3),
-    ("exp", None),
-    ("add", -1.2),
-    ("tanh", None),
-    ("mul", 2.0),
-    ("cos", None),
-    ("add", 0.3),
-    ("mul", -1.1),
-    ("tanh", None),
-]
+# The chain and the machine helpers are shared with the side-by-side runner (python -m
+# benchmarks), which also times this chain as its "chain" workload.
+from benchmarks.harness import blas_info as _blas  # noqa: E402
+from benchmarks.harness import cpu_model as _cpu_model  # noqa: E402
+from benchmarks.harness import wait_for_quiet  # noqa: E402
+from benchmarks.workloads.chain import CYCLE, X0, chain_source, make_chain  # noqa: E402
 
-#: The input: a 4-element float64 array.
-X0 = [-0.9, -0.2, 0.4, 1.1]
+__all__ = ["CYCLE", "X0", "chain_source", "make_chain", "wait_for_quiet", "main"]
 
 #: Every system, in table order; "numpy" is the forward-only baseline.
 SYSTEMS = ("numpy", "nnflow", "torch", "autograd")
@@ -92,28 +85,6 @@ REQUIRES = {"numpy": None, "nnflow": None, "torch": "torch", "autograd": "autogr
 BLOCKS = 5
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def chain_source(ops: int) -> str:
-    """Python source of ``chain(x)``: ``ops`` elementwise ops written out, then ``np.sum``."""
-    lines = ["def chain(x):"]
-    for i in range(ops):
-        op, c = CYCLE[i % len(CYCLE)]
-        if op == "mul":
-            lines.append(f"    x = x * {c!r}")
-        elif op == "add":
-            lines.append(f"    x = x + {c!r}")
-        else:
-            lines.append(f"    x = np.{op}(x)")
-    lines.append("    return np.sum(x)")
-    return "\n".join(lines) + "\n"
-
-
-def make_chain(module, ops: int):
-    """``chain`` compiled with ``np`` bound to ``module`` (numpy, torch or autograd.numpy)."""
-    namespace = {"np": module}
-    exec(compile(chain_source(ops), f"<chain{ops}>", "exec"), namespace)  # noqa: S102
-    return namespace["chain"]
 
 
 # -- the worker: one system, one process --------------------------------------------------------
@@ -227,30 +198,6 @@ def _child_env(threads: int) -> dict:
     return env
 
 
-def _running_tasks() -> int | None:
-    """Runnable tasks right now (4th field of /proc/loadavg, counting the reader itself)."""
-    try:
-        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def wait_for_quiet(max_wait: float, settle: int = 5, poll: float = 0.1) -> float:
-    """Wait (at most ``max_wait`` s) until no other task is runnable for ``settle`` polls.
-
-    Other jobs on a small machine (test runs) take a core for seconds at a time; starting a
-    round while one runs skews it. Returns the seconds waited.
-    """
-    start, quiet = time.perf_counter(), 0
-    while quiet < settle and time.perf_counter() - start < max_wait:
-        running = _running_tasks()
-        if running is None:
-            break
-        quiet = quiet + 1 if running <= 1 else 0
-        time.sleep(poll)
-    return time.perf_counter() - start
-
-
 def _worker_cmd(system: str, mode: str, args) -> list[str]:
     return [
         sys.executable,
@@ -308,33 +255,6 @@ def available(systems) -> tuple[list, list]:
         mod = REQUIRES[s]
         (run if mod is None or importlib.util.find_spec(mod) is not None else skipped).append(s)
     return run, skipped
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _blas() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-
-        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        if info:
-            i = info[0]
-            return f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
-    except ImportError:
-        pass
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception:  # noqa: BLE001 - purely informational
-        return "unknown"
 
 
 def _central_differences(f, x, eps=1e-6):

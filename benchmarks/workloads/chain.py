@@ -65,11 +65,15 @@ def make_chain(module, ops: int):
 #: output, ``c`` its constant; (allocating expression, in-place statements with ``t`` scratch).
 _BACKWARD = {
     "sin": ("g * np.cos(x)", ["np.cos(x, out=t)", "np.multiply(g, t, out=g)"]),
-    "cos": ("-g * np.sin(x)", ["np.sin(x, out=t)", "np.multiply(g, t, out=g)",
-                               "np.negative(g, out=g)"]),  # fmt: skip
+    "cos": (
+        "-g * np.sin(x)",
+        ["np.sin(x, out=t)", "np.multiply(g, t, out=g)", "np.negative(g, out=g)"],
+    ),
     "exp": ("g * y", ["np.multiply(g, y, out=g)"]),
-    "tanh": ("g * (1.0 - y * y)", ["np.multiply(y, y, out=t)", "np.subtract(1.0, t, out=t)",
-                                   "np.multiply(g, t, out=g)"]),  # fmt: skip
+    "tanh": (
+        "g * (1.0 - y * y)",
+        ["np.multiply(y, y, out=t)", "np.subtract(1.0, t, out=t)", "np.multiply(g, t, out=g)"],
+    ),
     "mul": ("g * c", ["np.multiply(g, c, out=g)"]),
     "add": ("g", []),
 }

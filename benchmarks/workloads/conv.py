@@ -22,8 +22,7 @@ SHAPES = {
     "full": {"batch": 64, "size": 28, "channels": (1, 16, 32), "k": 3, "classes": 10},
     "tiny": {"batch": 2, "size": 8, "channels": (1, 2, 3), "k": 3, "classes": 10},
 }
-NAMES = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "linear.weight",
-         "linear.bias")  # fmt: skip
+NAMES = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "linear.weight", "linear.bias")
 
 
 def data(cfg: Config):
@@ -32,12 +31,14 @@ def data(cfg: Config):
     c0, c1, c2 = s["channels"]
     k, pooled = s["k"], (s["size"] - 2 * (s["k"] - 1)) // 2
     rng = np.random.default_rng(0)
-    params = [uniform(rng, (c1, c0, k, k), c0 * k * k, np.float32),
-              uniform(rng, (c1,), c0 * k * k, np.float32),
-              uniform(rng, (c2, c1, k, k), c1 * k * k, np.float32),
-              uniform(rng, (c2,), c1 * k * k, np.float32),
-              uniform(rng, (s["classes"], c2 * pooled**2), c2 * pooled**2, np.float32),
-              uniform(rng, (s["classes"],), c2 * pooled**2, np.float32)]  # fmt: skip
+    params = [
+        uniform(rng, (c1, c0, k, k), c0 * k * k, np.float32),
+        uniform(rng, (c1,), c0 * k * k, np.float32),
+        uniform(rng, (c2, c1, k, k), c1 * k * k, np.float32),
+        uniform(rng, (c2,), c1 * k * k, np.float32),
+        uniform(rng, (s["classes"], c2 * pooled**2), c2 * pooled**2, np.float32),
+        uniform(rng, (s["classes"],), c2 * pooled**2, np.float32),
+    ]
     x = rng.standard_normal((s["batch"], c0, s["size"], s["size"])).astype(np.float32)
     y = rng.integers(0, s["classes"], s["batch"])
     return params, x, y
@@ -60,8 +61,7 @@ class NumpyConvNet:
         else:
             np.copyto(cols, win)
             cols = cols.reshape(-1, c * k * k)
-        z = np.matmul(cols, w.reshape(out_c, -1).T, out=o(name + ".z", (len(cols), out_c),
-                                                          a.dtype))  # fmt: skip
+        z = np.matmul(cols, w.reshape(out_c, -1).T, out=o(name + ".z", (len(cols), out_c), a.dtype))
         np.add(z, b, out=z)
         np.maximum(z, 0, out=z)  # relu, in place
         return z.reshape(n, h - k + 1, wd - k + 1, out_c), cols
@@ -180,9 +180,13 @@ def build(system: str, cfg: Config) -> Bench:
 
         s = cfg.pick(SHAPES)
         c0, c1, c2 = s["channels"]
-        model = Chain(Conv2d(c0, c1, s["k"], activation="relu"),
-                      Conv2d(c1, c2, s["k"], activation="relu"), MaxPool2d(2), Flatten(),
-                      Linear(params[4].shape[1], s["classes"]))  # fmt: skip
+        model = Chain(
+            Conv2d(c0, c1, s["k"], activation="relu"),
+            Conv2d(c1, c2, s["k"], activation="relu"),
+            MaxPool2d(2),
+            Flatten(),
+            Linear(params[4].shape[1], s["classes"]),
+        )
         paths = {}
         for name, p, layer in zip(NAMES, params, (0, 0, 1, 1, 4, 4), strict=True):
             attr = name.rsplit(".", 1)[1]
@@ -199,11 +203,18 @@ def build(system: str, cfg: Config) -> Bench:
         nn = torch.nn
         s = cfg.pick(SHAPES)
         c0, c1, c2 = s["channels"]
-        model = nn.Sequential(nn.Conv2d(c0, c1, s["k"]), nn.ReLU(), nn.Conv2d(c1, c2, s["k"]),
-                              nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                              nn.Linear(params[4].shape[1], s["classes"]))  # fmt: skip
-        names = dict(zip(NAMES, [f"{i}.{a}" for i in (0, 2, 6) for a in ("weight", "bias")],
-                         strict=True))  # fmt: skip
+        model = nn.Sequential(
+            nn.Conv2d(c0, c1, s["k"]),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, s["k"]),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(params[4].shape[1], s["classes"]),
+        )
+        names = dict(
+            zip(NAMES, [f"{i}.{a}" for i in (0, 2, 6) for a in ("weight", "bias")], strict=True)
+        )
         with torch.no_grad():
             for name, p in zip(NAMES, params, strict=True):
                 dict(model.named_parameters())[names[name]].copy_(torch.from_numpy(p))

@@ -98,7 +98,9 @@ def build(system: str, cfg: Config) -> Bench:
     if system == "jax":
         jax, jnp, put = setup_jax(cfg, x64=cfg.dtype == "float64")
         jW, jb, jx = (put(a) for a in (W, b, x))
-        f = jax.jit(jax.value_and_grad(lambda W, b, x: jnp.sum(jnp.exp(W @ x + b[:, None])), (0, 1)))
+        f = jax.jit(
+            jax.value_and_grad(lambda W, b, x: jnp.sum(jnp.exp(W @ x + b[:, None])), (0, 1))
+        )
 
         def step():
             return jax.block_until_ready(f(jW, jb, jx))

@@ -23,8 +23,17 @@ def operands(cfg: Config) -> dict:
     s = cfg.pick(SHAPES)
     n, (i, h1, h2, o) = s["batch"], s["sizes"]
     rng = np.random.default_rng(0)
-    shapes = {"x": (n, i), "W1": (h1, i), "h1": (n, h1), "W2": (h2, h1), "h2": (n, h2),
-              "W3": (o, h2), "dz": (n, o), "d2": (n, h2), "d1": (n, h1)}  # fmt: skip
+    shapes = {
+        "x": (n, i),
+        "W1": (h1, i),
+        "h1": (n, h1),
+        "W2": (h2, h1),
+        "h2": (n, h2),
+        "W3": (o, h2),
+        "dz": (n, o),
+        "d2": (n, h2),
+        "d1": (n, h1),
+    }
     return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
 
 
@@ -42,8 +51,10 @@ PRODUCTS = [
 
 
 def _pairs(arrays: dict, transpose) -> list:
-    return [(transpose(arrays[a]) if ta else arrays[a], transpose(arrays[b]) if tb else arrays[b])
-            for a, ta, b, tb in PRODUCTS]  # fmt: skip
+    return [
+        (transpose(arrays[a]) if ta else arrays[a], transpose(arrays[b]) if tb else arrays[b])
+        for a, ta, b, tb in PRODUCTS
+    ]
 
 
 def _named(outs) -> dict:

@@ -55,7 +55,7 @@ def numpy_hvp(theta, v, X, y, hidden: int, o: Buffers):
     np.add(h, b1, out=h)
     np.tanh(h, out=h)
     r = np.matmul(h, w2, out=o("r", (n,), f))
-    np.add(r, theta[-1] - 0.0, out=r)
+    np.add(r, theta[-1], out=r)
     np.subtract(r, y, out=r)
     da = np.multiply(r, 2.0 / n, out=o("da", (n,), f))  # d loss / d output
     dtanh = np.multiply(h, h, out=o("dtanh", h.shape, f))

@@ -68,14 +68,25 @@ def numpy_naive(params, x, target):
         i, f, g, o = gates[t]
         dh = dh + dout[t]
         dct = dh * o * (1 - tcs[t] ** 2) + dc
-        dz[t] = np.concatenate([dct * g * i * (1 - i), dct * cs[t] * f * (1 - f),
-                                dct * i * (1 - g * g), dh * tcs[t] * o * (1 - o)], axis=1)  # fmt: skip
+        dz[t] = np.concatenate(
+            [
+                dct * g * i * (1 - i),
+                dct * cs[t] * f * (1 - f),
+                dct * i * (1 - g * g),
+                dh * tcs[t] * o * (1 - o),
+            ],
+            axis=1,
+        )
         dc = dct * f
         dh = dz[t] @ W_hh
     dz = np.stack(dz).reshape(steps * n, -1)
     gb = dz.sum(axis=0)
-    grads = [dz.T @ xs.reshape(steps * n, -1), dz.T @ np.stack(hs[:-1]).reshape(steps * n, -1),
-             gb, gb.copy()]  # fmt: skip
+    grads = [
+        dz.T @ xs.reshape(steps * n, -1),
+        dz.T @ np.stack(hs[:-1]).reshape(steps * n, -1),
+        gb,
+        gb.copy(),
+    ]
     return loss, grads
 
 
@@ -127,9 +138,18 @@ class NumpyBest:
         dc.fill(0)
         for t in reversed(range(steps)):
             gates, d = zx[t], dz[t]
-            i, f, g, o = gates[:, :hid], gates[:, hid : 2 * hid], gates[:, 2 * hid : 3 * hid], \
-                gates[:, 3 * hid :]  # fmt: skip
-            di, df, dg, do = d[:, :hid], d[:, hid : 2 * hid], d[:, 2 * hid : 3 * hid], d[:, 3 * hid :]
+            i, f, g, o = (
+                gates[:, :hid],
+                gates[:, hid : 2 * hid],
+                gates[:, 2 * hid : 3 * hid],
+                gates[:, 3 * hid :],
+            )
+            di, df, dg, do = (
+                d[:, :hid],
+                d[:, hid : 2 * hid],
+                d[:, 2 * hid : 3 * hid],
+                d[:, 3 * hid :],
+            )
             np.add(dh, diff[t], out=dh)
             np.multiply(dh, tcs[t], out=do)  # do = dh * tanh(c), times o(1 - o) below
             np.multiply(tcs[t], tcs[t], out=t1)
@@ -206,8 +226,9 @@ def build(system: str, cfg: Config) -> Bench:
     """One system's loss and gradients (no update)."""
     params, x, target = data(cfg)
     if system == "numpy-naive":
-        return Bench(lambda: numpy_naive(params, x, target),
-                     lambda: _named(*numpy_naive(params, x, target)))  # fmt: skip
+        return Bench(
+            lambda: numpy_naive(params, x, target), lambda: _named(*numpy_naive(params, x, target))
+        )
     if system == "numpy-best":
         best = NumpyBest(params, x, target)
         return Bench(best.grad, lambda: _named(*best.grad()))

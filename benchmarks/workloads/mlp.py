@@ -28,8 +28,10 @@ def data(cfg: Config):
     rng = np.random.default_rng(0)
     params = []
     for n_in, n_out in zip(s["sizes"][:-1], s["sizes"][1:], strict=True):
-        params += [uniform(rng, (n_out, n_in), n_in, np.float32),
-                   uniform(rng, (n_out,), n_in, np.float32)]  # fmt: skip
+        params += [
+            uniform(rng, (n_out, n_in), n_in, np.float32),
+            uniform(rng, (n_out,), n_in, np.float32),
+        ]
     x = rng.standard_normal((s["batch"], s["sizes"][0])).astype(np.float32)
     y = rng.integers(0, s["sizes"][-1], s["batch"])
     return params, x, y
@@ -74,8 +76,17 @@ class NumpyBest:
     def grad(self):
         """Loss and gradients (the gradients are the object's buffers)."""
         (W1, b1, W2, b2, W3, b3), x, y, rows = self.params, self.x, self.y, self.rows
-        h1, h2, z, d1, d2, m1, m2, mx, s = (self.h1, self.h2, self.z, self.d1, self.d2,
-                                            self.m1, self.m2, self.mx, self.s)  # fmt: skip
+        h1, h2, z, d1, d2, m1, m2, mx, s = (
+            self.h1,
+            self.h2,
+            self.z,
+            self.d1,
+            self.d2,
+            self.m1,
+            self.m2,
+            self.mx,
+            self.s,
+        )
         gW1, gb1, gW2, gb2, gW3, gb3 = self.grads
         np.matmul(x, W1.T, out=h1)
         np.add(h1, b1, out=h1)
@@ -135,7 +146,13 @@ def nnflow_model(params):
 
 
 def nnflow_training(
-    cfg: Config, compiled: bool, model, loss, batch, wrt_names: dict, update: bool = True,
+    cfg: Config,
+    compiled: bool,
+    model,
+    loss,
+    batch,
+    wrt_names: dict,
+    update: bool = True,
     lr: float = LR,
 ) -> Bench:
     """Gradients by ``ad.grad``/``ad.compile_grad``, then (``update``) an ``nnflow.optim.SGD``
@@ -269,8 +286,9 @@ def build(system: str, cfg: Config) -> Bench:
         def loss(model, x, y):
             return losses.cross_entropy(model(x), y)
 
-        paths = {n: ("layers", i // 2, "weight" if i % 2 == 0 else "bias")
-                 for i, n in enumerate(NAMES)}  # fmt: skip
+        paths = {
+            n: ("layers", i // 2, "weight" if i % 2 == 0 else "bias") for i, n in enumerate(NAMES)
+        }
         model = nnflow_model(params)
         return nnflow_training(cfg, system == "nnflow-compiled", model, loss, (x, y), paths)
     if system == "torch":
@@ -283,8 +301,9 @@ def build(system: str, cfg: Config) -> Bench:
                 layer.weight.copy_(torch.from_numpy(params[2 * i]))
                 layer.bias.copy_(torch.from_numpy(params[2 * i + 1]))
         model = nn.Sequential(layers[0], nn.ReLU(), layers[1], nn.ReLU(), layers[2])
-        names = {n: f"{2 * (i // 2)}.{'weight' if i % 2 == 0 else 'bias'}"
-                 for i, n in enumerate(NAMES)}  # fmt: skip
+        names = {
+            n: f"{2 * (i // 2)}.{'weight' if i % 2 == 0 else 'bias'}" for i, n in enumerate(NAMES)
+        }
 
         def loss_fn(model, x, y):
             return nn.functional.cross_entropy(model(x), y)

@@ -20,8 +20,16 @@ SHAPES = {
     "tiny": {"pixels": 16, "hidden": 8, "latent": 2, "batch": 4},
 }
 LR = 1e-4  # small: thousands of steps on one batch must not diverge
-NAMES = ("enc1.weight", "enc1.bias", "enc2.weight", "enc2.bias", "dec1.weight", "dec1.bias",
-         "dec2.weight", "dec2.bias")  # fmt: skip
+NAMES = (
+    "enc1.weight",
+    "enc1.bias",
+    "enc2.weight",
+    "enc2.bias",
+    "dec1.weight",
+    "dec1.bias",
+    "dec2.weight",
+    "dec2.bias",
+)
 
 
 def data(cfg: Config):
@@ -31,8 +39,10 @@ def data(cfg: Config):
     rng = np.random.default_rng(0)
     params = []
     for n_in, n_out in ((p, h), (h, 2 * lat), (lat, h), (h, p)):
-        params += [uniform(rng, (n_out, n_in), n_in, np.float32),
-                   uniform(rng, (n_out,), n_in, np.float32)]  # fmt: skip
+        params += [
+            uniform(rng, (n_out, n_in), n_in, np.float32),
+            uniform(rng, (n_out,), n_in, np.float32),
+        ]
     x = rng.random((n, p), dtype=np.float32)
     eps = rng.standard_normal((n, lat)).astype(np.float32)
     return params, x, eps
@@ -63,7 +73,12 @@ class NumpyVAE:
     def grad(self):
         """Loss and the eight gradients (before the update)."""
         o, f, (W1, b1, W2, b2, W3, b3, W4, b4), x, eps = (
-            self.o, np.float32, self.params, self.x, self.eps)  # fmt: skip
+            self.o,
+            np.float32,
+            self.params,
+            self.x,
+            self.eps,
+        )
         n, lat = eps.shape
         h = self._linear("h", x, W1, b1, relu=True)
         enc = self._linear("enc", h, W2, b2, relu=False)
@@ -73,8 +88,9 @@ class NumpyVAE:
         d = self._linear("d", z, W3, b3, relu=True)
         logits = self._linear("logits", d, W4, b4, relu=False)
         # -ELBO = sum((1 - x) l + log(1 + exp(-l))) / n + mean(KL); log1p(exp(-l)) stably:
-        t = np.logaddexp(0, np.negative(logits, out=o("t", logits.shape, f)),
-                         out=o("t", logits.shape, f))  # fmt: skip
+        t = np.logaddexp(
+            0, np.negative(logits, out=o("t", logits.shape, f)), out=o("t", logits.shape, f)
+        )
         recon = (np.sum(t) + np.vdot(1 - x, logits)) / n
         var = np.exp(lv, out=o("var", lv.shape, f))
         kl = -0.5 * (np.sum(lv) - np.vdot(mu, mu) - np.sum(var)) / n - 0.5 * lat
@@ -144,10 +160,14 @@ def _nnflow_vae(params, latent: int):
 
         def __init__(self):
             p = params
-            self.encoder = Chain(Linear(p[0].shape[1], p[0].shape[0], activation="relu"),
-                                 Linear(p[2].shape[1], p[2].shape[0]))  # fmt: skip
-            self.decoder = Chain(Linear(p[4].shape[1], p[4].shape[0], activation="relu"),
-                                 Linear(p[6].shape[1], p[6].shape[0]))  # fmt: skip
+            self.encoder = Chain(
+                Linear(p[0].shape[1], p[0].shape[0], activation="relu"),
+                Linear(p[2].shape[1], p[2].shape[0]),
+            )
+            self.decoder = Chain(
+                Linear(p[4].shape[1], p[4].shape[0], activation="relu"),
+                Linear(p[6].shape[1], p[6].shape[0]),
+            )
             self.latent = latent
 
         def forward(self, x, eps):
@@ -185,16 +205,20 @@ def build(system: str, cfg: Config) -> Bench:
         import torch
 
         nn = torch.nn
-        model = nn.ModuleDict({
-            "encoder": nn.Sequential(nn.Linear(*params[0].shape[::-1]), nn.ReLU(),
-                                     nn.Linear(*params[2].shape[::-1])),
-            "decoder": nn.Sequential(nn.Linear(*params[4].shape[::-1]), nn.ReLU(),
-                                     nn.Linear(*params[6].shape[::-1])),
-        })  # fmt: skip
+        model = nn.ModuleDict(
+            {
+                "encoder": nn.Sequential(
+                    nn.Linear(*params[0].shape[::-1]), nn.ReLU(), nn.Linear(*params[2].shape[::-1])
+                ),
+                "decoder": nn.Sequential(
+                    nn.Linear(*params[4].shape[::-1]), nn.ReLU(), nn.Linear(*params[6].shape[::-1])
+                ),
+            }
+        )
         names = {}
-        for k, (name, p) in enumerate(zip(NAMES, params, strict=True)):
-            names[name] = f"{('encoder', 'decoder')[k // 4]}.{2 * ((k // 2) % 2)}." + (
-                name.rsplit(".", 1)[1])
+        for k, name in enumerate(NAMES):  # encoder.0.weight, ..., decoder.2.bias
+            part, layer, attr = ("encoder", "decoder")[k // 4], 2 * ((k // 2) % 2), name[5:]
+            names[name] = f"{part}.{layer}.{attr}"
         with torch.no_grad():
             for name, p in zip(NAMES, params, strict=True):
                 dict(model.named_parameters())[names[name]].copy_(torch.from_numpy(p))

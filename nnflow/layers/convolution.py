@@ -183,9 +183,12 @@ def conv2d_weight(x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, ker
            [4., 4., 4.],
            [4., 4., 4.]])
     """
-    o, (ho, wo) = dy.shape[1], dy.shape[2:]
+    n, o, ho, wo = dy.shape
     cols = _columns(x, kernel_size, (ho, wo), stride, padding, dilation)
-    dw = _per_group(groups, _rows(dy), cols, transpose_b=True)  # (O, Cg*kh*kw)
+    # (cols @ dy^T)^T: OpenBLAS runs this orientation 2x faster than dy @ cols^T here
+    dy_t = dy.transpose(2, 3, 0, 1).reshape(ho * wo * n, o)  # (Ho*Wo*N, O), a copy
+    dw_t = _per_group(groups, cols, dy_t.T, transpose_b=True)  # groups of (Cg*kh*kw, O/g)
+    dw = dw_t.reshape(groups, -1, o // groups).transpose(0, 2, 1)  # (g, O/g, Cg*kh*kw)
     return dw.reshape(o, x.shape[1] // groups, *kernel_size)
 
 

@@ -182,6 +182,8 @@ class _GradLayout:
         for buffer, (_, _, items) in zip(self.buffers, plan, strict=True):
             for path, offset, size, shape in items:
                 self.views[path] = buffer[offset : offset + size].reshape(shape)
+        self.same = {p for p in self.paths if self.views[p].dtype == self.dtypes[p]}
+        self.nbytes = sum(int(b.nbytes) for b in self.buffers)
         self.signature = zlib.crc32(
             repr([(p, tuple(x.shape), x.dtype.str) for p, x in params]).encode()
         )
@@ -202,15 +204,18 @@ class _Watchdog:
         self.thread = threading.Thread(target=self._run, name="nnflow-watchdog", daemon=True)
         self.thread.start()
 
-    @contextlib.contextmanager
-    def armed(self, what: str, timeout: float):
-        """A block that must end within ``timeout`` seconds (blocks do not nest)."""
+    def armed(self, what: str, timeout: float) -> _Watchdog:
+        """``with watchdog.armed(what, timeout):`` a block that must end within ``timeout``
+        seconds (blocks do not nest; a plain context manager, cheap enough for every step)."""
         self.what, self.started = what, time.monotonic()
         self.deadline = self.started + timeout
-        try:
-            yield
-        finally:
-            self.deadline = math.inf
+        return self
+
+    def __enter__(self) -> _Watchdog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deadline = math.inf
 
     def _run(self) -> None:
         while True:
@@ -232,6 +237,12 @@ class _MPIBackend:
         self.MPI, self.comm, self.watch = MPI, comm, watch
 
     def _each(self, buffers: Sequence[Any], call: Callable[[Any], Any], what: str) -> None:
+        if all(type(b) is np.ndarray for b in buffers):
+            with self.watch(what):
+                for b in buffers:
+                    if b.size:
+                        call(b)
+            return
         host = [b if isinstance(b, np.ndarray) else b.get() for b in buffers]
         with self.watch(what):
             for h in host:
@@ -460,7 +471,8 @@ class DataParallel:
                 raise RuntimeError(
                     f"DataParallel(backend='nccl'): NCCL is not usable through CuPy "
                     f"({type(error).__name__}: {error}); install NCCL for your CUDA version "
-                    f"(e.g. pip install nvidia-nccl-cu12) or use backend='mpi'"
+                    f"(python -m cupyx.tools.install_library --cuda 12.x --library nccl, or a "
+                    f"system NCCL) or use backend='mpi'"
                 ) from None
             warnings.warn(
                 f"distributed: NCCL is not usable ({error}); GPU arrays go through MPI via "
@@ -611,13 +623,15 @@ class DataParallel:
             raise DistributedError("DataParallel.average before begin(model) (no layout)")
         xp, paths, index = layout.xp, layout.paths, layout.index
         k = len(values)
-        scalars = np.zeros(1 + k + len(_SIGNALS) + len(paths))
+        flags = 1 + k + len(_SIGNALS)
+        scalars = np.zeros(flags + len(paths))
         scalars[0] = count
-        scalars[1 : 1 + k] = np.asarray(values, dtype=np.float64) * count
+        scalars[1 : 1 + k] = values
+        scalars[1 : 1 + k] *= count
         if self.pending_signal is not None:
             scalars[1 + k + _SIGNALS.index(self.pending_signal)] = 1
-        flags = 1 + k + len(_SIGNALS)
         weight = count / expected if expected else count
+        seen = set()
         for path, g in grads.items():
             if g is None:
                 continue
@@ -627,35 +641,33 @@ class DataParallel:
                     f"array of the model as it was at the start of training"
                 )
             xp.multiply(g, weight, out=layout.views[path], casting="unsafe")
-            scalars[flags + index[path]] = 1
-        for i, path in enumerate(paths):
-            if not scalars[flags + i]:
+            seen.add(path)
+        for path in paths:
+            if path in seen:
+                scalars[flags + index[path]] = 1
+            else:
                 layout.views[path].fill(0)
         packed = scalars if xp is np else xp.asarray(scalars)
         start = time.perf_counter()
         self.data.allreduce([*layout.buffers, packed], what)
         self.stats["allreduce_seconds"] += time.perf_counter() - start
-        self.stats["allreduce_bytes"] += sum(int(b.nbytes) for b in layout.buffers)
+        self.stats["allreduce_bytes"] += layout.nbytes
         self.stats["steps"] += 1
-        scalars = packed if xp is np else packed.get()
-        total = scalars[0]
+        reduced = (packed if xp is np else packed.get()).tolist()
+        total = reduced[0]
         scale = (expected or 1.0) / total if total > 0 else 1.0
         if scale != 1.0:  # no expected total, or a wrong one
             for buffer in layout.buffers:
                 buffer *= scale
         out = {}
-        for i, path in enumerate(paths):
-            if scalars[flags + i] > 0:
+        for path, present in zip(paths, reduced[flags:], strict=True):
+            if present > 0:
                 view = layout.views[path]
-                out[path] = (
-                    view
-                    if view.dtype == layout.dtypes[path]
-                    else (view.astype(layout.dtypes[path]))
-                )
+                out[path] = view if path in layout.same else view.astype(layout.dtypes[path])
             else:
                 out[path] = None
-        means = [float(v / total) if total > 0 else 0.0 for v in scalars[1 : 1 + k]]
-        agreed = [s for i, s in enumerate(_SIGNALS) if scalars[1 + k + i] > 0]
+        means = [v / total if total > 0 else 0.0 for v in reduced[1 : 1 + k]]
+        agreed = [s for s, n in zip(_SIGNALS, reduced[1 + k : flags], strict=True) if n > 0]
         return out, means, int(round(total)), (int(agreed[0]) if agreed else None)
 
     def reduce_sums(self, sums: dict[str, float], names: Sequence[str], data: Any) -> dict:

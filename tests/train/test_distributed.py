@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -326,3 +327,101 @@ def test_benchmark_runs_and_its_rows_agree(mpirun):
     two = re.search(pattern, done.stdout, re.M)
     assert two is not None, done.stdout
     assert 0 < float(two.group(1)) < 100 and float(two.group(2)) > 0
+
+
+# -- the NCCL path, against a stand-in for CuPy and NCCL ------------------------------------------
+class _DeviceArray(np.ndarray):
+    """A NumPy array that exposes ``.data.ptr`` like a CuPy array."""
+
+    @property
+    def data(self):
+        return SimpleNamespace(ptr=self.ctypes.data)
+
+
+def _fake_gpu(log: list, done_after: int):
+    class Event:
+        def __init__(self, disable_timing=False):
+            self.polls = 0
+
+        def record(self, stream=None):
+            log.append(("record", "nccl" if stream is not None else "current"))
+
+        @property
+        def done(self):
+            self.polls += 1
+            return self.polls > done_after
+
+    class Stream:
+        ptr = 1234
+
+        def __init__(self, non_blocking=False):
+            pass
+
+        def wait_event(self, event):
+            log.append(("wait_event",))
+
+    class Communicator:
+        def __init__(self, size, uid, rank):
+            log.append(("init", size, len(uid), rank))
+
+        def allReduce(self, send, recv, count, kind, op, stream):  # noqa: N802 (CuPy's name)
+            log.append(("allReduce", send == recv, count, kind, op, stream))
+
+        def bcast(self, ptr, count, kind, root, stream):
+            log.append(("bcast", count, kind, root, stream))
+
+        def check_async_error(self):
+            log.append(("check",))
+
+        def abort(self):
+            log.append(("abort",))
+
+    names = ["INT8", "UINT8", "INT32", "UINT32", "INT64", "UINT64", "FLOAT16", "FLOAT32", "FLOAT64"]
+    nccl = SimpleNamespace(
+        available=True,
+        NCCL_SUM=0,
+        get_unique_id=lambda: tuple(range(-64, 64)),
+        NcclCommunicator=Communicator,
+        groupStart=lambda: log.append(("groupStart",)),
+        groupEnd=lambda: log.append(("groupEnd",)),
+        **{f"NCCL_{name}": i for i, name in enumerate(names)},
+    )
+    cupy = SimpleNamespace(cuda=SimpleNamespace(Event=Event, Stream=Stream))
+    return cupy, nccl
+
+
+def test_nccl_backend_groups_calls_and_keeps_its_deadline(monkeypatch):
+    from nnflow.train import distributed
+
+    log: list = []
+    cupy, nccl = _fake_gpu(log, done_after=2)
+    monkeypatch.setattr(distributed, "_load_cupy", lambda: (cupy, ""))
+    monkeypatch.setattr(distributed, "_nccl_module", lambda: nccl)
+    dp = distributed.DataParallel(timeout=0.3)
+    sent = []
+    mpi = SimpleNamespace(bcast=lambda buffers, what: sent.append(buffers[0].copy()))
+    backend = distributed._NCCLBackend(mpi, rank=0, size=2, wait=dp._wait)
+    assert sent[0].tolist() == list(range(-64, 64)) and log[0] == ("init", 2, 128, 0)
+
+    log.clear()
+    grads = np.zeros(6, np.float32).view(_DeviceArray)
+    pair = np.zeros(3, np.complex64).view(_DeviceArray)  # summed as 6 float32 values
+    backend.allreduce([grads, pair, np.zeros(0, np.float64).view(_DeviceArray)], "a test")
+    calls = [entry[0] for entry in log]
+    assert calls[:3] == ["record", "wait_event", "groupStart"]  # NCCL waits for the gradients
+    assert log[3] == ("allReduce", True, 6, nccl.NCCL_FLOAT32, 0, 1234)
+    assert log[4] == ("allReduce", True, 6, nccl.NCCL_FLOAT32, 0, 1234)
+    assert calls[5:7] == ["groupEnd", "record"] and calls.count("check") == 3
+
+    log.clear()
+    backend.bcast([np.zeros(16, np.uint8).view(_DeviceArray)], "a test")
+    assert ("bcast", 16, nccl.NCCL_UINT8, 0, 1234) in log
+
+    never, _ = _fake_gpu(log, done_after=10**9)
+    backend.cupy = never
+    with pytest.raises(distributed.DistributedError, match="no answer from the other ranks"):
+        backend.allreduce([grads], "the gradient allreduce of step 3 (epoch 1)")
+    with pytest.raises(distributed.DistributedError, match="NCCL cannot send arrays of dtype"):
+        backend.allreduce([np.zeros(2, np.bool_).view(_DeviceArray)], "a test")
+    backend.abort()
+    assert log[-1] == ("abort",)
