@@ -19,12 +19,13 @@ Methodology: every system lives in its own process (PyTorch's and NumPy's thread
 each other in one), started once and warmed up; the driver then interleaves repetitions, asking
 each process in turn (order rotating) for one timed round while the others wait idle on their
 pipe. A round warms its process up for 0.3 s (after seconds idle, the first calls run up to 3x
-slower on this VM) and takes the median of timed blocks over 0.5 s; a round whose CPU share
-(process CPU time / wall time) falls below 0.8x the best seen for that system lost its CPU to
-another process and is redone (up to 3 times). The table gives medians
-over ``--repeat`` rounds (default 21) with the min-max range of the rounds. Allocation is the
-peak of ``tracemalloc`` above the baseline during one call after warm-up (temporaries count).
-OpenBLAS is left unconstrained (all cores). Results are checked against ``naive`` first.
+slower on this VM) and takes the fastest of its timed blocks over 0.5 s (as
+``benchmarks/overhead.py`` does). A round whose CPU share (process CPU time / wall time) falls
+below 0.8x the best seen for that system lost its CPU to another process and is redone (up to
+3 times). The table gives medians over ``--repeat`` rounds (default 21) with the min-max range
+of the rounds. Allocation is the peak of ``tracemalloc`` above the baseline during one call
+after warm-up (temporaries count). OpenBLAS is left unconstrained (all cores). Results are
+checked against ``naive`` first.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/dense.py
 """
@@ -188,14 +189,15 @@ def _busy(step, seconds: float) -> None:
 
 def _round(step, calls: int) -> tuple[float, float]:
     """One round: warm up (a process idle for seconds runs its first calls up to 3x slower
-    here: cold caches, reclaimed pages, a descheduled vCPU), then the median of timed blocks,
-    and the round's CPU share (process CPU time / wall time: it drops when others run)."""
+    here: cold caches, reclaimed pages, a descheduled vCPU), then the fastest of the timed
+    blocks (other jobs only ever add time), and the round's CPU share (process CPU time / wall
+    time: it drops when others run)."""
     _busy(step, ROUND["warm"])
     samples, t0, c0 = [], time.perf_counter(), time.process_time()
     while len(samples) < 3 or time.perf_counter() - t0 < ROUND["time"]:
         samples.append(_timed(step, calls))
     share = (time.process_time() - c0) / (time.perf_counter() - t0)
-    return statistics.median(samples), share
+    return min(samples), share
 
 
 def _allocated(step) -> int:
@@ -229,9 +231,11 @@ def worker(bench: str, system: str, dtype: str, calls: int) -> None:
         command = line.strip()
         if command == "time" and system == "parts":
             _busy(step, ROUND["warm"])
-            c0, t0 = time.process_time(), time.perf_counter()
-            parts = step()
+            c0, t0, samples = time.process_time(), time.perf_counter(), []
+            while len(samples) < 3 or time.perf_counter() - t0 < ROUND["time"]:
+                samples.append(step())
             share = (time.process_time() - c0) / (time.perf_counter() - t0)
+            parts = {k: min(sample[k] for sample in samples) for k in samples[0]}  # as _round
             out = {"parts": parts, "share": share, "load": os.getloadavg()[0]}
         elif command == "time":
             seconds, share = _round(step, calls)

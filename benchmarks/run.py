@@ -274,11 +274,13 @@ def summarise(workload: Workload, result: dict, args) -> dict:
             "max": max(times),
             "rounds": len(times),
         }
-    ref = next((s for s in workload.reference if s in stats), None)
+    gpu = getattr(args, "device", "cpu") == "gpu"  # no NumPy systems there: torch is the base
+    reference = ("torch", *workload.reference) if gpu else workload.reference
+    ref = next((s for s in reference if s in stats), None)
     for s in stats:
         stats[s]["ratio"] = stats[s]["median"] / stats[ref]["median"] if ref else None
     targets = []
-    for t in workload.targets:
+    for t in workload.gpu_targets if gpu else workload.targets:
         if t.system in stats and t.reference in stats:
             ratio = stats[t.system]["median"] / stats[t.reference]["median"]
             targets.append(
@@ -393,8 +395,8 @@ def table(workload: Workload, result: dict, summary: dict) -> list[str]:
         kept = "clean rounds only" if summary["clean_only"] else "all rounds"
         lines.append(
             f"- {summary['rounds']} rounds ({summary['redone']} system rounds redone after "
-            f"other processes took CPU; {summary['contended_rounds']} rounds still contended; "
-            f"medians over {kept}); 1-min load {min(loads):.2f}–{max(loads):.2f}"
+            f"other processes took CPU; {summary['contended_rounds']} rounds with a system "
+            f"still contended; medians over {kept}); 1-min load {min(loads):.2f}–{max(loads):.2f}"
         )
     return lines
 

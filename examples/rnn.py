@@ -2,11 +2,11 @@
 
 The model reads the text one character at a time and predicts the next one: an embedding, an
 ``LSTMCell`` wrapped in ``Recur`` (which carries the cell's state ``(h, c)`` from one call to the
-next), and a linear layer giving the logits of the next character. Training is truncated
-backpropagation through time: ``BPTTLoader`` cuts the text into ``batch_size`` parallel streams
-and serves their next ``seq_len`` characters at a time; the state flows on from chunk to chunk
-(gradients stop at chunk boundaries) and is reset at the first chunk of every epoch, and before
-the held-out text is evaluated.
+next), dropout, and a linear layer giving the logits of the next character. Training is
+truncated backpropagation through time: ``BPTTLoader`` cuts the text into ``batch_size``
+parallel streams and serves their next ``SEQ_LEN`` (64) characters at a time; the state flows on
+from chunk to chunk (gradients stop at chunk boundaries) and is reset at the first chunk of
+every epoch, and before the held-out text is evaluated.
 
 The loss is the cross-entropy in bits, so ``loss`` and ``val_loss`` read directly as **bits
 per character** (a model that knew nothing would need log2(91) = 6.5; gzip needs 2.4 on this
@@ -15,10 +15,12 @@ text). At the end it prints a continuation sampled from the trained model.
 Train it with ``nnflow fit`` (a checkpoint every epoch, resumable)::
 
     nnflow fit examples/rnn.py --checkpoint runs/rnn.h5
-    nnflow fit examples/rnn.py --checkpoint runs/rnn.h5 --epochs 40 --resume
+    nnflow fit examples/rnn.py --checkpoint runs/rnn.h5 --epochs 20 --resume
 
 or run this file: ``python examples/rnn.py --epochs 5``. ``--batch-size`` is the number of
-parallel streams. ``--device gpu`` trains on a CUDA GPU through CuPy.
+parallel streams (a progress bar counts one stream's chunk as a sample). ``--device gpu``
+trains on a CUDA GPU through CuPy. In its default 15 epochs it reaches 1.72 bits per character
+on the held-out text, in about a minute on 2 CPU cores.
 
 The text: chapters of the manual of the Nettle cryptographic library (public domain), see
 ``nnflow.data.nettle_manual``.
@@ -43,7 +45,8 @@ VOCAB = CharVocab(nettle_manual())  # every character of the text, training and 
 
 
 class CharLSTM(Model):
-    """Embedding -> ``Recur(LSTMCell)`` -> linear: next-character logits at every step."""
+    """Embedding -> ``Recur(LSTMCell)`` -> dropout -> linear: next-character logits at every
+    step."""
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 256,
                  dropout: float = 0.25, seed: int = 0):  # fmt: skip
@@ -124,9 +127,18 @@ def sample(model, prompt: str, length: int, temperature: float = 1.0, seed: int 
         model.train(was_training)
 
 
+class ForgetState(Callback):
+    """Drop the state left by the held-out pass after every epoch. The next epoch's first chunk
+    resets it anyway; without it that chunk would carry the held-out pass's state of another
+    shape, which ``ad.compile_grad`` would trace and compile once more."""
+
+    def on_epoch_end(self, trainer, logs):
+        trainer.model.rnn.reset()
+
+
 def callbacks(optimizer):
     """The learning rate decays by 0.9 per epoch; a sample is printed at the end."""
-    return [ExponentialLR(optimizer, gamma=0.9), Sample()]
+    return [ExponentialLR(optimizer, gamma=0.9), ForgetState(), Sample()]
 
 
 if __name__ == "__main__":

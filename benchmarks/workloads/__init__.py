@@ -36,6 +36,7 @@ class Workload:
     title: str
     reference: tuple[str, ...] = ("torch", "numpy-best")  # first one that ran is the ratio's base
     targets: tuple[Target, ...] = ()
+    gpu_targets: tuple[Target, ...] = ()  # with --device gpu (the base there is torch on CUDA)
     per_op: bool = False  # report time per primitive op (the chain)
     options: dict = field(default_factory=dict)
 
@@ -49,6 +50,7 @@ class Workload:
 
 
 _DENSE = Target("nnflow-compiled", "numpy-best", 1.05, "compiled-tapes issue")
+_GPU = Target("nnflow-compiled", "torch", 1.2, "GPU issue")
 
 WORKLOADS = {
     w.name: w
@@ -68,6 +70,7 @@ WORKLOADS = {
             "dense layer exp(W @ x + b): value and dW, db; W 512x256, x 256x4096, float32",
             ("numpy-best",),
             (_DENSE,),
+            gpu_targets=(_GPU,),
         ),
         Workload(
             "chain",
@@ -88,6 +91,7 @@ WORKLOADS = {
             "MLP training step 784-512-256-10, ReLU, cross-entropy, batch 128, float32, SGD",
             ("torch", "numpy-best"),
             (Target("nnflow-compiled", "torch", 1.1, "benchmarks issue"),),
+            gpu_targets=(_GPU,),
         ),
         Workload(
             "mlp-gemm",

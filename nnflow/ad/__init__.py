@@ -11,6 +11,7 @@ from . import rules  # noqa: F401  (registers every rule table)
 from .check import GradcheckError, gradcheck
 from .compile import CompiledGrad, CompiledTape, RetraceWarning, compile, compile_grad
 from .custom import diffrule, nodiff, primitive, stop_gradient
+from .device import strict_device
 from .errors import ADError, NonScalarError, NoRuleError, RuleShapeError, TracerError
 from .grad import (
     GradientResult,
@@ -58,6 +59,7 @@ __all__ = [
     "primitive",
     "registered_rules",
     "stop_gradient",
+    "strict_device",
     "trace",
     "update",
     "vjp",

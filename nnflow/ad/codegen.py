@@ -65,6 +65,23 @@ def _copy(x):
     return x.copy()
 
 
+def state_structure(x):
+    """The nesting of tuples in ``x``, ``None`` at every other leaf: ``((a, b), c)`` gives
+    ``((None, None), None)``; what a state tuple is rebuilt from when it is not there."""
+    return tuple(state_structure(item) for item in x) if isinstance(x, tuple) else None
+
+
+def _set_state(root, prefix: tuple, rest: tuple, structure, value):
+    """Write ``value`` at ``prefix + rest``, where ``prefix`` holds the tuple the traced call
+    assigned (tuples are rebuilt, see ``set_path``). When what is there now lacks that tuple's
+    structure (``None`` after ``Recur.reset()``: the traced call made the tuple from nothing),
+    ``structure`` stands in for it; the step writes every leaf of it."""
+    current = get_path(root, prefix)
+    if state_structure(current) != structure:
+        current = structure
+    return set_path(root, prefix, set_path(current, rest, value))
+
+
 class _Names:
     """Names for the globals of the generated function (functions, constants, views)."""
 
@@ -73,6 +90,7 @@ class _Names:
             "_scalar_input": _scalar_input,
             "_get_path": get_path,
             "_set_path": set_path,
+            "_set_state": _set_state,
             "_setattr": object.__setattr__,
             "_guard_failed": _guard_failed,
             "_index": operator.index,

@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..backend import get_array_module
-from .codegen import generate
+from . import fusion
+from .codegen import generate, state_structure
 from .grad import GradientResult, _argument_names, _concrete, _normalise_wrt, _run, grad
 from .memory import Plan, plan, view_of
 from .passes import Graph, from_tape, is_impure, optimize
@@ -65,12 +66,14 @@ class CompiledTape:
         graph = from_tape(tape)
         self.tape = tape
         self.graph: Graph = optimize(graph) if optimized else graph
+        xp = get_array_module(*[op.value for op in self.graph.inputs])
+        if optimized and fusion.supported(xp):  # on the GPU: elementwise chains, one kernel
+            self.graph = fusion.fuse(self.graph, xp)
         self.plan: Plan = plan(self.graph)
         if n_args is None:  # the traced function's arity, inputs or not (a generator, an int)
             n_args = len(getattr(tape, "arg_names", ())) or None
         generated = generate(self.graph, self.plan, n_args, inputs, writers, known)
         self.source: str = generated.source
-        xp = get_array_module(*[op.value for op in self.graph.inputs])
         raws = [xp.empty(n, dtype=np.uint8) for n in self.plan.buffers]
         namespace = generated.namespace
         for view, (k, shape, dtype, axes) in generated.views.items():
@@ -279,7 +282,13 @@ class CompiledGrad:
             inputs[node.index] = f"_scalar_input({expr})" if type(flat[arg]) is float else expr
         for arg, path, _ in tape.state:
             containers = accessor(flat, arg, path)[1]
-            if path and tuple not in containers:
+            if tuple in containers:  # rebuilt, from its structure if it is not there (None)
+                k = containers.index(tuple)
+                structure = state_structure(_read(flat, arg, path[:k]))
+                call = f"a{arg}, {path[:k]!r}, {path[k:]!r}, {structure!r}"
+                call = call.replace("{", "{{").replace("}", "}}")
+                writers[(arg, path)] = f"_set_state({call}, {{}})"
+            elif path:
                 parent = accessor(flat, arg, path[:-1])[0].replace("{", "{{").replace("}", "}}")
                 last = repr(path[-1]).replace("{", "{{").replace("}", "}}")
                 writers[(arg, path)] = (

@@ -55,6 +55,9 @@ def out_kind(op: Op) -> str | None:
     fn, value = op.fn, op.value
     if not _is_ndarray(value):
         return None
+    declared = getattr(fn, "__nnflow_out_kind__", None)  # a fused kernel (``fusion``)
+    if declared is not None:
+        return declared
     if isinstance(fn, np.ufunc):
         if fn.nout != 1 or op.kwargs or len(op.args) != fn.nin:
             return None
@@ -94,7 +97,11 @@ def view_of(raw, shape: tuple, dtype, axes: tuple | None):
 
 
 def _fresh(op: Op) -> bool:
-    return isinstance(op.fn, np.ufunc) or op.fn in FRESH or is_impure(op.fn)
+    fn = op.fn
+    return (
+        isinstance(fn, np.ufunc) or fn in FRESH or is_impure(fn)
+        or hasattr(fn, "__nnflow_out_kind__")  # a fused kernel writes a new array
+    )  # fmt: skip
 
 
 @dataclass

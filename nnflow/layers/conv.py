@@ -146,8 +146,9 @@ class Conv2d(_ConvBase):
 
     def _out_size(self, shape):
         return tuple(
-            conv_output_size(shape[2 + a], self.kernel_size[a], self.stride[a],
-                             self.padding[a], self.dilation[a])  # fmt: skip
+            conv_output_size(
+                shape[2 + a], self.kernel_size[a], self.stride[a], self.padding[a], self.dilation[a]
+            )  # fmt: skip
             for a in range(len(self.kernel_size))
         )
 

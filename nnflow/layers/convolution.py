@@ -17,6 +17,15 @@ contiguous runs (PyTorch's CPU kernels make the same choice of a channels/batch-
 Geometry arguments are normalised tuples: ``stride (sh, sw)``, ``padding ((top, bottom),
 (left, right))``, ``dilation (dh, dw)``, ``groups``.
 
+On the GPU each primitive calls cuDNN instead (``cupyx.cudnn``'s ``convolution_forward``,
+``convolution_backward_data`` and ``convolution_backward_filter``: the same three operations)
+when :func:`conv_backend` says so: the arrays are CuPy arrays of one dtype cuDNN computes in
+(float16/32/64), cuDNN loads (``nnflow.backend.cudnn``, the only place that imports it), and
+the padding is symmetric (cuDNN pads both sides alike; ``padding="same"`` with an even kernel
+is not, and takes the GEMM formulation, which runs on CuPy arrays as well). cuDNN picks its
+algorithm by heuristics (no auto-tuning) and may use TF32 tensor cores for float32 on Ampere
+and newer GPUs, as PyTorch does by default; ``NNFLOW_CUDNN=0`` turns it off.
+
 >>> y = conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
 >>> y.shape, float(y[0, 0, 0, 0])
 ((1, 1, 2, 2), 9.0)
@@ -26,13 +35,75 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ad
+from .. import ad, backend
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
 
-__all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size"]
+__all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size", "conv_backend"]
 
 ONE, NO_PAD = (1, 1), ((0, 0), (0, 0))
+_CUDNN_DTYPES = ("float16", "float32", "float64")
+
+
+def _cudnn_for(padding, *arrays):
+    """CuPy's cuDNN module if these arrays' convolution should run in cuDNN, else ``None``."""
+    (pt, pb), (pl, pr) = padding
+    if pt != pb or pl != pr:  # cuDNN pads both sides alike
+        return None
+    arrays = [a for a in arrays if a is not None]
+    dtype = arrays[0].dtype
+    if dtype.name not in _CUDNN_DTYPES or any(a.dtype != dtype for a in arrays):
+        return None
+    return backend.cudnn(*arrays)
+
+
+def conv_backend(x, w, b=None, padding=NO_PAD) -> str:
+    """Which implementation the convolution primitives use for these arrays: ``"cudnn"`` or
+    ``"gemm"`` (the module docstring says when).
+
+    >>> conv_backend(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+    'gemm'
+    """
+    return "gemm" if _cudnn_for(padding, x, w, b) is None else "cudnn"
+
+
+def _pads(padding) -> tuple[int, int]:
+    return padding[0][0], padding[1][0]
+
+
+def _cudnn_conv2d(lib, x, w, b, stride, padding, dilation, groups):
+    """``conv2d`` by cuDNN (into a fresh contiguous output)."""
+    xp = get_array_module(x)
+    ho, wo = _out_size(x.shape, w.shape[2:], stride, padding, dilation)
+    y = xp.empty((x.shape[0], w.shape[0], ho, wo), dtype=x.dtype)
+    lib.convolution_forward(
+        x, w, b, y, _pads(padding), tuple(stride), tuple(dilation), groups,
+        auto_tune=False, tensor_core="auto",
+    )  # fmt: skip
+    return y
+
+
+def _cudnn_conv_transpose2d(lib, y, w, b, stride, padding, dilation, groups, input_size):
+    """``conv_transpose2d`` by cuDNN: the data gradient of the convolution."""
+    xp = get_array_module(y)
+    c = w.shape[1] * groups
+    out = xp.empty((y.shape[0], c, *input_size), dtype=y.dtype)
+    lib.convolution_backward_data(
+        w, y, b, out, _pads(padding), tuple(stride), tuple(dilation), groups,
+        deterministic=False, auto_tune=False, tensor_core="auto",
+    )  # fmt: skip
+    return out
+
+
+def _cudnn_conv2d_weight(lib, x, dy, stride, padding, dilation, groups, kernel_size):
+    """``conv2d_weight`` by cuDNN: the filter gradient of the convolution."""
+    xp = get_array_module(x)
+    dw = xp.empty((dy.shape[1], x.shape[1] // groups, *kernel_size), dtype=x.dtype)
+    lib.convolution_backward_filter(
+        x, dy, dw, _pads(padding), tuple(stride), tuple(dilation), groups,
+        deterministic=False, auto_tune=False, tensor_core="auto",
+    )  # fmt: skip
+    return dw
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: tuple, dilation: int) -> int:
@@ -87,12 +158,12 @@ def _columns(x, kernel, out_size, stride, padding, dilation):
     c, _, _, n = t.shape
     (kh, kw), (ho, wo) = kernel, out_size
     sc, sh, sw, sn = t.strides
-    windows = xp.lib.stride_tricks.as_strided(
-        t,
-        (c, kh, kw, ho, wo, n),
-        (sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1], sn),
-        writeable=False,
-    )
+    shape = (c, kh, kw, ho, wo, n)
+    strides = (sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1], sn)
+    if xp is np:
+        windows = np.lib.stride_tricks.as_strided(t, shape, strides, writeable=False)
+    else:  # CuPy's as_strided has no ``writeable``
+        windows = xp.lib.stride_tricks.as_strided(t, shape, strides)
     return windows.reshape(c * kh * kw, ho * wo * n)
 
 
@@ -128,6 +199,9 @@ def conv2d(x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1):
     ...        (1, 1), 2).shape
     (2, 6, 3, 3)
     """
+    lib = _cudnn_for(padding, x, w, b)
+    if lib is not None:
+        return _cudnn_conv2d(lib, x, w, b, stride, padding, dilation, groups)
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
     ho, wo = _out_size(x.shape, kernel, stride, padding, dilation)
     cols = _columns(x, kernel, (ho, wo), stride, padding, dilation)
@@ -151,6 +225,9 @@ def conv_transpose2d(y, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, gro
            [2., 4., 4., 2.],
            [1., 2., 2., 1.]])
     """
+    lib = _cudnn_for(padding, y, w, b)
+    if lib is not None:
+        return _cudnn_conv_transpose2d(lib, y, w, b, stride, padding, dilation, groups, input_size)
     xp = get_array_module(y)
     n, o, ho, wo = y.shape
     cg, kh, kw = w.shape[1:]
@@ -183,6 +260,9 @@ def conv2d_weight(x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, ker
            [4., 4., 4.],
            [4., 4., 4.]])
     """
+    lib = _cudnn_for(padding, x, dy)
+    if lib is not None:
+        return _cudnn_conv2d_weight(lib, x, dy, stride, padding, dilation, groups, kernel_size)
     n, o, ho, wo = dy.shape
     cols = _columns(x, kernel_size, (ho, wo), stride, padding, dilation)
     # (cols @ dy^T)^T: OpenBLAS runs this orientation 2x faster than dy @ cols^T here

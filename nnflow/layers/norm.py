@@ -130,8 +130,9 @@ class LayerNorm(Model):
         k = len(self.normalized_shape)
         if tuple(np.shape(x)[-k:]) != self.normalized_shape or np.ndim(x) < k:
             raise ShapeError(
-                self, f"expected input (..., {', '.join(map(str, self.normalized_shape))}), "
-                f"got {describe(x)}"
+                self,
+                f"expected input (..., {', '.join(map(str, self.normalized_shape))}), "
+                f"got {describe(x)}",
             )
         axes = tuple(range(-k, 0))
         mean = np.mean(x, axis=axes, keepdims=True)

@@ -28,8 +28,7 @@ class _Pool2d(Model):
         self.padding = _pair(padding, "padding", name, minimum=0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size, strict=True)):
             raise ValueError(
-                f"{name}: padding {self.padding} must be at most half the kernel "
-                f"{self.kernel_size}"
+                f"{name}: padding {self.padding} must be at most half the kernel {self.kernel_size}"
             )
 
     def _check(self, x):

@@ -218,13 +218,25 @@ def _cases() -> list[Case]:
         dy, g = rng.normal(size=y.shape), rng.normal(size=shape)
         cases += [
             Case(max_pool2d, lambda x, geo=geo: max_pool2d(x, *geo), (x,), name),
-            Case(max_pool2d_scatter, lambda dy, x=x, y=y, geo=geo: max_pool2d_scatter(
-                dy, x, y, *geo), (dy,), name),  # fmt: skip
-            Case(max_pool2d_gather, lambda g, x=x, y=y, geo=geo: max_pool2d_gather(
-                g, x, y, *geo), (g,), name),  # fmt: skip
+            Case(
+                max_pool2d_scatter,
+                lambda dy, x=x, y=y, geo=geo: max_pool2d_scatter(dy, x, y, *geo),
+                (dy,),
+                name,
+            ),  # fmt: skip
+            Case(
+                max_pool2d_gather,
+                lambda g, x=x, y=y, geo=geo: max_pool2d_gather(g, x, y, *geo),
+                (g,),
+                name,
+            ),  # fmt: skip
             Case(avg_pool2d, lambda x, geo=geo: avg_pool2d(x, *geo), (x,), name),
-            Case(avg_pool2d_transpose, lambda dy, s=shape[2:], geo=geo: avg_pool2d_transpose(
-                dy, s, *geo), (dy,), name),  # fmt: skip
+            Case(
+                avg_pool2d_transpose,
+                lambda dy, s=shape[2:], geo=geo: avg_pool2d_transpose(dy, s, *geo),
+                (dy,),
+                name,
+            ),  # fmt: skip
         ]
     return cases
 

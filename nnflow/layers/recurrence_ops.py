@@ -144,8 +144,12 @@ def _cases() -> list[Case]:
     b = rng.normal(size=4 * hidden)
     return [
         Case(lstm_layer, lstm_layer, (x, h0, c0, w_ih, w_hh, b), "sequence"),
-        Case(lstm_layer, lambda x, w_ih, w_hh, h0=h0, c0=c0: lstm_layer(x, h0, c0, w_ih, w_hh,
-             None), (x, w_ih, w_hh), "no-bias-constant-state"),  # fmt: skip
+        Case(
+            lstm_layer,
+            lambda x, w_ih, w_hh, h0=h0, c0=c0: lstm_layer(x, h0, c0, w_ih, w_hh, None),
+            (x, w_ih, w_hh),
+            "no-bias-constant-state",
+        ),  # fmt: skip
     ]
 
 

@@ -15,6 +15,7 @@ good checkpoint is kept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import ad
-from ..backend import to_device
+from ..backend import DeviceError, check_device, to_device
 from .callbacks import Callback, LRSchedule, PrintMetrics
 from .checkpoint import CheckpointError, generators, read_checkpoint, write_checkpoint
 from .history import History, batch_size
@@ -66,6 +67,11 @@ class Trainer:
         distributed: data-parallel training over the MPI ranks this process belongs to
             (``True``, or an ``nnflow.train.distributed.DataParallel`` with options); see
             ``nnflow/train/distributed.py``. Needs mpi4py (``pip install 'nnflow[dist]'``).
+        strict_device: a debug mode that raises ``nnflow.backend.DeviceError`` on an implicit
+            host/device copy in a training step: every operation the loss records (forward,
+            and the backward pass when compiled) must read arrays on ``device``, no GPU value
+            may become a Python number inside the loss (``ad.strict_device``), and the
+            gradients, parameters and optimizer state must be on ``device`` before each update.
 
     >>> import numpy as np
     >>> from nnflow.data import DataLoader
@@ -91,8 +97,12 @@ class Trainer:
         metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None,
         compile: bool = True,
         distributed: Any = False,
+        strict_device: bool = False,
     ):
         self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.strict_device = bool(strict_device)
+        # the function differentiated: the loss, checked op by op in strict mode
+        self._objective = _strict_loss(loss, device) if strict_device else loss
         self.dist: Any = None  # a DataParallel when distributed (rank 0 alone saves and prints)
         if distributed:
             from .distributed import DataParallel
@@ -107,7 +117,7 @@ class Trainer:
         self.stop_training = False
         self.callbacks: list[Callback] = []
         compile_grad = getattr(ad, "compile_grad", None) if compile else None
-        self._grad = compile_grad(loss, wrt=(0,)) if compile_grad else None
+        self._grad = compile_grad(self._objective, wrt=(0,)) if compile_grad else None
         self._generators = list(generators(model).values())
         self._batch = 0  # batches done in the current epoch
         self._sums: dict[str, float] = {}  # running sums of the current epoch (for resuming)
@@ -227,6 +237,8 @@ class Trainer:
         if self.metrics:
             for name, value_ in (metrics if metrics is not None else self._metrics(batch)).items():
                 sums[name] = sums.get(name, 0.0) + value_ * size
+        if self.strict_device:
+            self._check_update(grads)
         self.optimizer.step(grads)
         self.step, self._batch = self.step + 1, self._batch + 1
         logs = {"loss": value, "step": self.step, "batch": self._batch, "size": size}
@@ -238,12 +250,12 @@ class Trainer:
             try:
                 value, g = self._grad(self.model, batch)
                 return value, g[0]
-            except (NonFiniteLossError, KeyboardInterrupt, _StopError):
+            except (NonFiniteLossError, KeyboardInterrupt, _StopError, DeviceError):
                 raise
             except Exception as error:
                 for generator, state in zip(self._generators, states, strict=True):
                     generator.bit_generator.state = state  # the failed trace's draws undone
-                value, g = ad.grad(self.loss, self.model, batch, wrt=(0,))
+                value, g = ad.grad(self._objective, self.model, batch, wrt=(0,))
                 warnings.warn(
                     f"Trainer: ad.compile_grad failed on this loss ({type(error).__name__}: "
                     f"{error}); training continues with ad.grad (eager, slower)",
@@ -252,8 +264,19 @@ class Trainer:
                 )
                 self._grad = None
                 return value, g[0]
-        value, g = ad.grad(self.loss, self.model, batch, wrt=(0,))
+        value, g = ad.grad(self._objective, self.model, batch, wrt=(0,))
         return value, g[0]
+
+    def _check_update(self, grads: Any) -> None:
+        """Strict mode: what the optimizer is about to read and write is all on the device."""
+        device = self.device
+        check_device(grads, device, f"step {self.step + 1}: gradients")
+        parameters = getattr(self.optimizer, "parameters", None)
+        if callable(parameters):
+            check_device(dict(parameters()), device, f"step {self.step + 1}: parameters")
+        check_device(
+            getattr(self.optimizer, "state", {}), device, f"step {self.step + 1}: optimizer state"
+        )
 
     def _metrics(self, batch: Any) -> dict[str, float]:
         with self._mode(training=False):
@@ -461,6 +484,17 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(message)
+
+
+def _strict_loss(loss: Callable[[Any, Any], Any], device: str) -> Callable[[Any, Any], Any]:
+    """``loss`` that first puts the tapes recording it in strict device mode."""
+
+    @functools.wraps(loss)
+    def strict_loss(model: Any, batch: Any) -> Any:
+        ad.strict_device(device)
+        return loss(model, batch)
+
+    return strict_loss
 
 
 def _as_callback(callback: Any) -> Any:

@@ -27,8 +27,10 @@ def test_fans_and_gain():
         (lambda: init.glorot_normal((200, 300), rng=0), math.sqrt(2 / 500)),
         (lambda: init.kaiming_uniform((200, 300), nonlinearity="relu", rng=0), math.sqrt(2 / 300)),
         (lambda: init.he_normal((200, 300), nonlinearity="relu", rng=0), math.sqrt(2 / 300)),
-        (lambda: init.kaiming_normal((200, 300), mode="fan_out", nonlinearity="relu", rng=0),
-         math.sqrt(2 / 200)),
+        (
+            lambda: init.kaiming_normal((200, 300), mode="fan_out", nonlinearity="relu", rng=0),
+            math.sqrt(2 / 200),
+        ),
         (lambda: init.normal((200, 300), 0.0, 0.02, rng=0), 0.02),
         (lambda: init.uniform((200, 300), -1, 1, rng=0), 1 / math.sqrt(3)),
     ],

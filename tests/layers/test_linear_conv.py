@@ -197,10 +197,13 @@ def test_conv1d_forward_and_gradcheck():
     assert conv.weight.shape == (3, 2, 3)
     xp = np.pad(x, ((0, 0), (0, 0), (1, 1)))
     lo = (9 + 2 - 3) // 2 + 1
-    expected = np.stack(
-        [np.einsum("nck,ock->no", xp[:, :, 2 * t : 2 * t + 3], conv.weight) for t in range(lo)],
-        axis=-1,
-    ) + conv.bias[None, :, None]
+    expected = (
+        np.stack(
+            [np.einsum("nck,ock->no", xp[:, :, 2 * t : 2 * t + 3], conv.weight) for t in range(lo)],
+            axis=-1,
+        )
+        + conv.bias[None, :, None]
+    )
     np.testing.assert_allclose(conv(x), expected, rtol=1e-10)
     check_model_grads(conv, x)
     with pytest.raises(ShapeError, match=r"expected a 3-d input \(N, C, L\)"):

@@ -63,7 +63,7 @@ def test_lstm_cell_forward_gradcheck():
 
     def loss(m, x, h, c):
         h1, c1 = m(x, (h, c))
-        return np.sum(h1 * np.arange(4.0)) + np.sum(c1 ** 2)
+        return np.sum(h1 * np.arange(4.0)) + np.sum(c1**2)
 
     ad.gradcheck(loss, cell, x, h, c)
 
@@ -199,7 +199,7 @@ def test_sequence_layers_gradcheck_with_initial_state(layer_cls):
     def loss(m, x, state):
         out, final = m(x, state)
         final = final if isinstance(final, tuple) else (final,)
-        return np.sum(out * np.arange(3.0)) + sum(np.sum(f ** 2) for f in final)
+        return np.sum(out * np.arange(3.0)) + sum(np.sum(f**2) for f in final)
 
     ad.gradcheck(loss, layer, x, state)
 

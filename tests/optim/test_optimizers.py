@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nnflow import ad
-from nnflow.backend import gpu_available, to_device
+from nnflow.backend import device_of, to_device
 from nnflow.optim import SGD, Adagrad, Adam, AdamW, RMSProp, RMSprop
 
 STEPS = 20
@@ -286,14 +286,16 @@ def test_state_template_and_to():
     assert "RMSProp(lr=0.01" in repr(opt)
 
 
-@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
 @pytest.mark.parametrize("cls, ref, torch_name, kwargs", OPTIMIZERS, ids=IDS)
-def test_gpu_matches_cpu(cls, ref, torch_name, kwargs):
+def test_every_device_matches_cpu(device, cls, ref, torch_name, kwargs):
     params, grads = problem()
     want, _ = run_nnflow(cls, kwargs, params, grads)
-    on_gpu = to_device(params, "gpu")
-    opt = cls(on_gpu, **kwargs)
+    on_device = to_device(params, device)
+    opt = cls(on_device, **kwargs)
     for g in grads:
-        opt.step(to_device(g, "gpu"))
+        opt.step(to_device(g, device))
     for name in params:
-        np.testing.assert_allclose(to_device(on_gpu[name], "cpu"), want[name], rtol=1e-10)
+        assert device_of(on_device[name]) == device
+        np.testing.assert_allclose(to_device(on_device[name], "cpu"), want[name], rtol=1e-10)
+    for state in opt.state.values():
+        assert all(device_of(v) == device for k, v in state.items() if k != "step")

@@ -11,7 +11,7 @@ import pytest
 from trainkit import arrays, assert_same_arrays, classify, loaders, make_model
 
 from nnflow import ad
-from nnflow.backend import gpu_available, to_device
+from nnflow.backend import to_device
 from nnflow.optim import SGD, Adam, StepLR
 from nnflow.train import (
     Callback,
@@ -188,20 +188,19 @@ def test_evaluate_weights_by_batch_size_and_restores_the_mode():
     assert model.training and math.isfinite(result["val_loss"])
 
 
-@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
-def test_gpu_training_checkpoints_load_on_the_cpu(tmp_path):
+def test_checkpoints_written_on_every_device_load_on_the_cpu(tmp_path, device):
     model = make_model()
     trainer = Trainer(
         model,
         classify,
         Adam(model, lr=1e-2),
-        checkpoint=tmp_path / "gpu.h5",
-        device="gpu",
+        checkpoint=tmp_path / "run.h5",
+        device=device,
         progress=False,
     )
     history = trainer.fit(loaders()[0], 2)
     assert history["loss"][1] < history["loss"][0]
     on_cpu = make_model()
-    read_checkpoint(tmp_path / "gpu.h5", on_cpu, Adam(on_cpu, lr=1e-2))
+    read_checkpoint(tmp_path / "run.h5", on_cpu, Adam(on_cpu, lr=1e-2))
     for path, x in model.state_dict().items():
         np.testing.assert_array_equal(to_device(x, "cpu"), on_cpu.state_dict()[path])

@@ -155,12 +155,13 @@ def _take_rule(dy, y, a, indices, axis=None, out=None, mode="raise"):
 def _along_axis_key(shape, indices, axis):
     """The fancy index ``np.take_along_axis`` builds (``arr[key]`` is its result)."""
     ndim = len(_shape(indices))
+    xp = get_array_module(indices)  # the aranges on the indices' device: no copy per step
     key = []
     for dim, n in enumerate(shape):
         if dim == axis:
             key.append(indices)
         else:
-            key.append(np.arange(n).reshape((1,) * dim + (-1,) + (1,) * (ndim - dim - 1)))
+            key.append(xp.arange(n).reshape((1,) * dim + (-1,) + (1,) * (ndim - dim - 1)))
     return tuple(key)
 
 
@@ -238,37 +239,76 @@ CASES = [
     _getitem_case(([0, 3], slice(1, 4), np.arange(6) % 4 == 1), "ints-and-mask"),
     _getitem_case(np.array([6, 0, 6]), "vector-repeats", sample(7)),
     Case(operator.getitem, lambda a: a[a > 0], (sample(3, 4),), "traced-mask"),
-    Case(_scatter_add, lambda v: _scatter_add((5, 3), ([0, 4, 0, 0],), v), (sample(4, 3),),
-         "repeats"),
-    Case(_scatter_add, lambda v: _scatter_add((5, 3), (slice(1, None, 2),), v), (sample(2, 3),),
-         "slice"),
-    Case(_scatter_add, lambda v: _scatter_add((2, 3), (Ellipsis, [1, 1]), v), (sample(1, 2),),
-         "broadcast-values"),
-    Case(setitem, lambda x, v: setitem(x, slice(1, 3), v), (sample(4, 5), sample(2, 5)),
-         "slice"),
-    Case(setitem, lambda x, v: setitem(x, (Ellipsis, 1), v), (sample(4, 5), sample(1)),
-         "broadcast-value"),
+    Case(
+        _scatter_add, lambda v: _scatter_add((5, 3), ([0, 4, 0, 0],), v), (sample(4, 3),), "repeats"
+    ),
+    Case(
+        _scatter_add,
+        lambda v: _scatter_add((5, 3), (slice(1, None, 2),), v),
+        (sample(2, 3),),
+        "slice",
+    ),
+    Case(
+        _scatter_add,
+        lambda v: _scatter_add((2, 3), (Ellipsis, [1, 1]), v),
+        (sample(1, 2),),
+        "broadcast-values",
+    ),
+    Case(setitem, lambda x, v: setitem(x, slice(1, 3), v), (sample(4, 5), sample(2, 5)), "slice"),
+    Case(
+        setitem,
+        lambda x, v: setitem(x, (Ellipsis, 1), v),
+        (sample(4, 5), sample(1)),
+        "broadcast-value",
+    ),
     Case(setitem, lambda x, v: setitem(x, 2, v), (sample(4, 5), sample(1, 5)), "leading-ones"),
-    Case(setitem, lambda x, v: setitem(x, [0, 2, 0], v), (sample(4, 5), sample(3, 5)),
-         "repeated-ints"),
+    Case(
+        setitem,
+        lambda x, v: setitem(x, [0, 2, 0], v),
+        (sample(4, 5), sample(3, 5)),
+        "repeated-ints",
+    ),
     Case(setitem, lambda x, v: setitem(x, _MASK[0], v), (sample(5, 6), sample(14)), "mask"),
-    Case(setitem, lambda x, v: setitem(x, (slice(None, None, -2), slice(4, 0, -1)), v),
-         (sample(4, 5), sample(2, 4)), "negative-steps"),
+    Case(
+        setitem,
+        lambda x, v: setitem(x, (slice(None, None, -2), slice(4, 0, -1)), v),
+        (sample(4, 5), sample(2, 4)),
+        "negative-steps",
+    ),
     Case(setitem, lambda x: setitem(x, (0, [1, 3]), 3.0), (sample(4, 5),), "constant-value"),
-    Case(setitem, lambda v: setitem(np.ones((4, 5)), (slice(None), 1), v), (sample(4),),
-         "into-constant"),
+    Case(
+        setitem,
+        lambda v: setitem(np.ones((4, 5)), (slice(None), 1), v),
+        (sample(4),),
+        "into-constant",
+    ),
     Case(setitem, _assign, (sample(4, 5), sample(2, 3)), "operator-syntax"),
     Case(np.take, lambda a: np.take(a, [3, 0, 3], axis=1), (sample(4, 5),), "axis"),
     Case(np.take, lambda a: np.take(a, np.array([[0, 19], [5, 5]])), (sample(4, 5),), "flat"),
     Case(np.take, lambda a: np.take(a, [-1, 7, 2], axis=0, mode="wrap"), (sample(4, 5),), "wrap"),
     Case(np.take, lambda a: np.take(a, [-2, 9, 4], axis=-1, mode="clip"), (sample(4, 5),), "clip"),
-    Case(np.take_along_axis, lambda a: np.take_along_axis(a, np.argsort(_A[:, :, 0]), axis=1),
-         (sample(4, 5),), "permutation"),
-    Case(np.take_along_axis,
-         lambda a: np.take_along_axis(a, np.array([[0, 0], [1, 4], [2, 2], [3, 3]]), axis=1),
-         (sample(4, 5),), "repeats"),
-    Case(np.take_along_axis, lambda a: np.take_along_axis(a, np.array([[3, 0, 0, 1, 3]]), axis=0),
-         (sample(4, 5),), "axis0-broadcast"),
-    Case(np.take_along_axis, lambda a: np.take_along_axis(a, np.array([5, 5, 0]), axis=None),
-         (sample(2, 3),), "flat"),
+    Case(
+        np.take_along_axis,
+        lambda a: np.take_along_axis(a, np.argsort(_A[:, :, 0]), axis=1),
+        (sample(4, 5),),
+        "permutation",
+    ),
+    Case(
+        np.take_along_axis,
+        lambda a: np.take_along_axis(a, np.array([[0, 0], [1, 4], [2, 2], [3, 3]]), axis=1),
+        (sample(4, 5),),
+        "repeats",
+    ),
+    Case(
+        np.take_along_axis,
+        lambda a: np.take_along_axis(a, np.array([[3, 0, 0, 1, 3]]), axis=0),
+        (sample(4, 5),),
+        "axis0-broadcast",
+    ),
+    Case(
+        np.take_along_axis,
+        lambda a: np.take_along_axis(a, np.array([5, 5, 0]), axis=None),
+        (sample(2, 3),),
+        "flat",
+    ),
 ]

@@ -43,11 +43,19 @@ def _as_tuple(x) -> tuple:
 # ----- one-line rules: fn -> (array argument, rule(dy, y, *args, **kwargs)) -------------------
 
 RULES = {
-    np.reshape: ("a", lambda dy, y, a, shape=None, order="C", **kw: np.reshape(
-        dy, _shape(a), order=_order(a, order))),
+    np.reshape: (
+        "a",
+        lambda dy, y, a, shape=None, order="C", **kw: np.reshape(
+            dy, _shape(a), order=_order(a, order)
+        ),
+    ),
     np.ravel: ("a", lambda dy, y, a, order="C": np.reshape(dy, _shape(a), order=_order(a, order))),
-    np.transpose: ("a", lambda dy, y, a, axes=None: np.transpose(
-        dy, None if axes is None else _inverse_axes(axes, len(_shape(a))))),
+    np.transpose: (
+        "a",
+        lambda dy, y, a, axes=None: np.transpose(
+            dy, None if axes is None else _inverse_axes(axes, len(_shape(a)))
+        ),
+    ),
     np.swapaxes: ("a", lambda dy, y, a, axis1, axis2: np.swapaxes(dy, axis1, axis2)),
     np.moveaxis: ("a", lambda dy, y, a, source, destination: np.moveaxis(dy, destination, source)),
     np.squeeze: ("a", lambda dy, y, a, axis=None: np.reshape(dy, _shape(a))),
@@ -71,7 +79,7 @@ def _concatenate_rule(dy, y, arrays, axis=0, out=None, dtype=None, casting="same
     if axis is None:  # the inputs were flattened
         for shape in shapes:
             size = math.prod(shape)
-            grads.append(np.reshape(dy[start:start + size], shape))
+            grads.append(np.reshape(dy[start : start + size], shape))
             start += size
         return grads
     axis = operator.index(axis) % len(shapes[0])
@@ -102,7 +110,7 @@ def _repeat_rule(dy, y, a, repeats, axis=None):
     repeats = np.asarray(repeats)  # static (nodiff)
     if repeats.size == 1:  # every element repeated k times: sum the k copies
         k = int(repeats.reshape(()))
-        split = np.reshape(dy, base[:axis] + (base[axis], k) + base[axis + 1:])
+        split = np.reshape(dy, base[:axis] + (base[axis], k) + base[axis + 1 :])
         return np.reshape(np.sum(split, axis=axis + 1), shape)
     source = np.repeat(np.arange(base[axis]), repeats)  # element each output slot came from
     key = (slice(None),) * axis + (source,)
@@ -171,8 +179,9 @@ def _atleast(ndim: int):
         return (1,) * (ndim - len(shape)) + shape
 
     def impl(*arys):
-        out = tuple(x if len(_shape(x)) >= ndim else np.reshape(x, pad_shape(_shape(x)))
-                    for x in arys)
+        out = tuple(
+            x if len(_shape(x)) >= ndim else np.reshape(x, pad_shape(_shape(x))) for x in arys
+        )
         return out[0] if len(out) == 1 else out
 
     return impl
@@ -204,8 +213,10 @@ def _array_split(ary, indices_or_sections, axis=0, *, equal=False):
         cuts = list(np.cumsum([0] + [q + 1] * r + [q] * (sections - r)))
     else:
         cuts = [0] + list(indices_or_sections) + [n]
-    return [ary[(slice(None),) * axis + (slice(int(start), int(stop)),)]
-            for start, stop in zip(cuts[:-1], cuts[1:], strict=True)]
+    return [
+        ary[(slice(None),) * axis + (slice(int(start), int(stop)),)]
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
 
 
 DECOMPOSITIONS = {
@@ -218,17 +229,21 @@ DECOMPOSITIONS = {
     np.column_stack: _column_stack,
     np.array_split: _array_split,
     np.split: lambda ary, indices_or_sections, axis=0: _array_split(
-        ary, indices_or_sections, axis, equal=True),
+        ary, indices_or_sections, axis, equal=True
+    ),
     np.hsplit: lambda ary, indices_or_sections: _array_split(
-        ary, indices_or_sections, 1 if len(_shape(ary)) > 1 else 0, equal=True),
+        ary, indices_or_sections, 1 if len(_shape(ary)) > 1 else 0, equal=True
+    ),
     np.vsplit: lambda ary, indices_or_sections: _array_split(
-        ary, indices_or_sections, 0, equal=True),
+        ary, indices_or_sections, 0, equal=True
+    ),
 }
 for _fn, _impl in DECOMPOSITIONS.items():
     register_decomposition(_fn, _impl)
 
 
 # ----- sample inputs ---------------------------------------------------------------------------
+
 
 def _case(fn, call, *shapes, name=""):
     return Case(fn, call, tuple(sample(*s) for s in shapes), name)
@@ -253,15 +268,32 @@ CASES = [
     _case(np.broadcast_to, lambda a: np.broadcast_to(a, (2, 3, 4)), (3, 1), name="expand"),
     _case(np.broadcast_to, lambda a: np.broadcast_to(a, (5, 3)), (), name="scalar"),
     _case(np.concatenate, lambda a, b: np.concatenate([a, b]), (2, 3), (4, 3), name="axis0"),
-    _case(np.concatenate, lambda a, b, c: np.concatenate((a, b, c), axis=-1),
-          (2, 3), (2, 1), (2, 2), name="axis-1"),
-    _case(np.concatenate, lambda a, b: np.concatenate([a, b], axis=None), (2, 3), (4,),
-          name="flat"),
-    Case(np.concatenate, lambda a: np.concatenate([a, np.ones((1, 3)), a]), (sample(2, 3),),
-         "constant-and-reuse"),
+    _case(
+        np.concatenate,
+        lambda a, b, c: np.concatenate((a, b, c), axis=-1),
+        (2, 3),
+        (2, 1),
+        (2, 2),
+        name="axis-1",
+    ),
+    _case(
+        np.concatenate, lambda a, b: np.concatenate([a, b], axis=None), (2, 3), (4,), name="flat"
+    ),
+    Case(
+        np.concatenate,
+        lambda a: np.concatenate([a, np.ones((1, 3)), a]),
+        (sample(2, 3),),
+        "constant-and-reuse",
+    ),
     _case(np.stack, lambda a, b: np.stack([a, b]), (2, 3), (2, 3), name="axis0"),
-    _case(np.stack, lambda a, b, c: np.stack((a, b, c), axis=-1), (2, 3), (2, 3), (2, 3),
-          name="axis-1"),
+    _case(
+        np.stack,
+        lambda a, b, c: np.stack((a, b, c), axis=-1),
+        (2, 3),
+        (2, 3),
+        (2, 3),
+        name="axis-1",
+    ),
     _case(np.tile, lambda a: np.tile(a, 3), (2,), name="vector"),
     _case(np.tile, lambda a: np.tile(a, (2, 1, 3)), (2, 3), name="more-reps"),
     _case(np.tile, lambda a: np.tile(a, 2), (2, 3), name="fewer-reps"),
@@ -289,8 +321,13 @@ CASES = [
     _case(np.tril, np.tril, (2, 3, 3), name="batched"),
     _case(np.copy, np.copy, (3, 4)),
     _case(np.atleast_1d, np.atleast_1d, (), name="scalar"),
-    _case(np.atleast_2d, lambda a, b: np.concatenate(np.atleast_2d(a, b), axis=None),
-          (3,), (2, 2), name="several"),
+    _case(
+        np.atleast_2d,
+        lambda a, b: np.concatenate(np.atleast_2d(a, b), axis=None),
+        (3,),
+        (2, 2),
+        name="several",
+    ),
     _case(np.atleast_3d, np.atleast_3d, (2, 3), name="matrix"),
     _case(np.hstack, lambda a, b: np.hstack([a, b]), (2,), (3,), name="vectors"),
     _case(np.hstack, lambda a, b: np.hstack((a, b)), (2, 3), (2, 1), name="matrices"),
