@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..tree import buffer_paths, get_path, is_array, leaves, set_path
-from .backward import backward
+from .backward import UNIT, backward
 from .errors import NonScalarError
 from .forward import tangent_of
 from .tape import Tape, _Ref
@@ -206,7 +206,10 @@ def grad(f: Callable, *args, wrt: Sequence[int] | None = None, **kwargs):
                 f"{np.dtype(out.dtype).name}{list(out.shape)}. Reduce it (np.sum, np.mean), or "
                 "use ad.jacobian / ad.vjp for functions with array results"
             )
-        cotangents = backward(tape, out.node, np.ones_like(out.value)) if out.diff else {}
+        # UNIT: ones kept symbolic (no multiplication by them); a tracer (grad inside grad,
+        # compile_grad) gets real ones, so that the recorded backward is the plain one
+        seed = UNIT if type(out.value) is not Tracer else np.ones_like(out.value)
+        cotangents = backward(tape, out.node, seed) if out.diff else {}
     else:
         if np.size(value) != 1:
             raise NonScalarError(f"ad.grad needs a scalar result; got shape {np.shape(value)}")

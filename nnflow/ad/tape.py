@@ -148,7 +148,7 @@ class Tape:
     new arguments of the same structure (shapes may not change).
 
     >>> import nnflow.ad as ad
-    >>> val, tape = ad.trace(lambda x: np.exp(x).sum(), np.ones(3))
+    >>> val, tape = ad.trace(lambda x: np.sum(np.exp(x)), np.ones(3))
     >>> print(tape)  # doctest: +NORMALIZE_WHITESPACE
     %1 = input x        float64[3]
     %2 = exp(%1)        float64[3]

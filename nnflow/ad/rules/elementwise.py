@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..backward import UNIT_RULES
 from ..registry import primitive, register, register_decomposition, register_nondifferentiable
 from .cases import Case, positive, sample
 
@@ -162,6 +163,8 @@ for _fn, _rule in UNARY.items():
     register(_fn, {"x": _rule}, elementwise=True)
 for _fn, (_d1, _d2) in BINARY.items():
     register(_fn, {"x1": _d1, "x2": _d2}, elementwise=True)
+UNIT_RULES.update(UNARY.values())  # they only multiply, divide or negate dy: UNIT is fine
+UNIT_RULES.update(r for pair in BINARY.values() for r in pair)
 register_nondifferentiable(*NO_GRADIENT)
 register(
     np.where,

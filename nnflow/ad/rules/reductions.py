@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backward import UNIT_REDUCTIONS
 from ..registry import primitive, register
 from .cases import Case, positive, sample
 
@@ -124,6 +125,7 @@ def _logsumexp_x(dy, y, x, axis=None, keepdims=False):
 
 
 register(np.sum, {"a": _sum_a}, linear=("a",))
+UNIT_REDUCTIONS.add(_sum_a)  # the gradient of sum(a) for a cotangent of ones is ones
 register(np.mean, {"a": _mean_a}, linear=("a",))
 for _fn in (np.max, np.amax, np.min, np.amin):
     register(_fn, {"a": _extremum_a})
