@@ -17,7 +17,7 @@ from .. import init as initializers
 from ..functional import relu, sigmoid
 from .linear import linear
 from .model import Model, ShapeError, check_features, check_rank, describe
-from .recurrence_ops import lstm_layer
+from .recurrence_ops import lstm_layer, lstm_outputs
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "Recur", "RNN", "LSTM", "GRU"]
 
@@ -313,17 +313,19 @@ class LSTM(_Sequence):
         self._build(input_size, hidden_size, num_layers, bias, batch_first, rng, dtype)
 
     def forward(self, x: Any, state: Any = None) -> tuple[Any, tuple[Any, Any]]:
-        # one primitive per layer (lstm_layer) whose rule is BPTT: per-step recording would
-        # cost ~15 tape operations per step
+        # per layer, the forward pass as one primitive (lstm_layer, its workspace) and the
+        # outputs read from it (lstm_outputs, whose rules are BPTT): per-step recording would
+        # cost ~15 tape operations per step (see recurrence_ops)
         x = self._inputs(x)
         states = self._initial(x, state, 2)
-        n, inputs, finals = self.hidden_size, np.swapaxes(x, 0, 1), []  # time first
+        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
         for k in range(self.num_layers):
             w_ih, b_ih, w_hh, b_hh = self._params(k)
             bias = None if b_ih is None else b_ih + b_hh  # both are added every step
-            y = lstm_layer(inputs, *states[k], w_ih, w_hh, bias)  # (T, 6H, N)
-            inputs = np.transpose(y[:, :n], (0, 2, 1))  # (T, N, H); the only slice when
-            finals.append((inputs[-1], np.transpose(y[-1, n : 2 * n])))  # c_n goes unused
+            args = (inputs, *states[k], w_ih, w_hh, bias)
+            out = lstm_outputs(lstm_layer(*args), *args)  # (T + 1, N, H): h_1..h_T, c_T
+            inputs = out[:-1]  # (T, N, H)
+            finals.append((out[-2], out[-1]))
         outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
         h_n, c_n = (np.stack([f[j] for f in finals]) for j in (0, 1))
         return outputs, (h_n, c_n)
