@@ -303,6 +303,18 @@ def summarise(workload: Workload, result: dict, args) -> dict:
                     "met": None,
                 }
             )
+    for t in () if gpu else workload.alloc_targets:
+        alloc = result.get("systems", {}).get(t.system, {}).get("alloc")
+        peak = alloc["peak"] if alloc else None
+        targets.append(
+            {
+                "target": t.describe(),
+                "source": t.source,
+                "bytes": peak,
+                "limit_bytes": t.limit,
+                "met": None if peak is None else peak < t.limit,
+            }
+        )
     contended = sum(
         any(x["other_share"] > args.max_other for x in r["systems"].values())
         for r in result["rounds"]
@@ -369,6 +381,11 @@ def table(workload: Workload, result: dict, summary: dict) -> list[str]:
     for t in summary["targets"]:
         if t["met"] is None:
             lines.append(f"- target ({t['source']}): {t['target']} — not measured (missing)")
+        elif "bytes" in t:
+            verdict = "met" if t["met"] else "MISSED"
+            lines.append(
+                f"- target ({t['source']}): {t['target']}: {_fmt_bytes(t['bytes'])} — {verdict}"
+            )
         else:
             verdict = "met" if t["met"] else f"MISSED by {(t['ratio'] / t['limit'] - 1):.0%}"
             lines.append(

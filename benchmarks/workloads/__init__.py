@@ -27,6 +27,20 @@ class Target:
 
 
 @dataclass(frozen=True)
+class AllocTarget:
+    """``system`` must allocate less than ``limit`` bytes of NumPy memory per call (CPU only:
+    tracemalloc sees NumPy's allocations, not a GPU's)."""
+
+    system: str
+    limit: int
+    source: str
+
+    def describe(self) -> str:
+        """``nnflow-compiled allocates < 64 KiB per call``."""
+        return f"{self.system} allocates < {self.limit / 1024:g} KiB per call"
+
+
+@dataclass(frozen=True)
 class Workload:
     """One row group of the table: what runs, how it is reported."""
 
@@ -38,6 +52,7 @@ class Workload:
     targets: tuple[Target, ...] = ()
     gpu_targets: tuple[Target, ...] = ()  # with --device gpu (the base there is torch on CUDA)
     per_op: bool = False  # report time per primitive op (the chain)
+    alloc_targets: tuple[AllocTarget, ...] = ()
     options: dict = field(default_factory=dict)
 
     def load(self):
@@ -49,7 +64,11 @@ class Workload:
         return tuple(self.load().SYSTEMS)
 
 
-_DENSE = Target("nnflow-compiled", "numpy-best", 1.05, "compiled-tapes issue")
+_DENSE = (  # the compiled-tapes issue's three targets
+    Target("nnflow-compiled", "numpy-best", 1.05, "compiled-tapes issue"),
+    Target("nnflow-eager", "numpy-naive", 1.3, "compiled-tapes issue"),
+)
+_DENSE_ALLOC = (AllocTarget("nnflow-compiled", 64 * 1024, "compiled-tapes issue"),)
 _GPU = Target("nnflow-compiled", "torch", 1.2, "GPU issue")
 
 WORKLOADS = {
@@ -61,7 +80,8 @@ WORKLOADS = {
             "float64",
             "dense layer exp(W @ x + b): value and dW, db; W 512x256, x 256x4096, float64",
             ("numpy-best",),
-            (_DENSE,),
+            _DENSE,
+            alloc_targets=_DENSE_ALLOC,
         ),
         Workload(
             "dense-f32",
@@ -69,8 +89,9 @@ WORKLOADS = {
             "float32",
             "dense layer exp(W @ x + b): value and dW, db; W 512x256, x 256x4096, float32",
             ("numpy-best",),
-            (_DENSE,),
+            _DENSE,
             gpu_targets=(_GPU,),
+            alloc_targets=_DENSE_ALLOC,
         ),
         Workload(
             "chain",
