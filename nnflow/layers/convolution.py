@@ -115,73 +115,132 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: tuple, dilation: 
     return (size + pad[0] + pad[1] - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _batch_last(x, padding=NO_PAD):
-    """``x (N, C, H, W)`` as a contiguous ``(C, H + pads, W + pads, N)`` copy.
+class _Geometry:
+    """Where a convolution's GEMM columns lie: one column per output position (``"compact"``,
+    ``(N, Ho, Wo)``) or, for stride 1 when ``flat`` is allowed, one per position of the padded
+    input grid (``"flat"``, ``(N, Hp, Wp)``: the columns whose window leaves the image are
+    computed and never read).
 
-    With the batch innermost, every window slice ``[c, i : i + Ho, j : j + Wo, :]`` is one
-    run of ``Wo * N`` contiguous values (for stride 1), so the im2col copy and the col2im adds
-    stream through memory instead of stepping through rows of ``Wo`` values.
+    In the flat layout every im2col row, every col2im add and the output are single
+    contiguous runs along the grid, whatever the kernel offset.
     """
+
+    def __init__(self, x_shape, out_size, kernel, stride, padding, dilation, flat=True):
+        n, c, h, w = x_shape
+        (pt, pb), (pl, pr) = padding
+        self.n, self.c = n, c
+        self.hp, self.wp = h + pt + pb, w + pl + pr
+        self.ho, self.wo = out_size
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        (kh, kw), (dh, dw) = kernel, dilation
+        self.flat = (
+            flat
+            and tuple(stride) == ONE
+            and (self.ho, self.wo) == (self.hp - dh * (kh - 1), self.wp - dw * (kw - 1))
+            and self.hp * self.wp <= _FLAT_WASTE * self.ho * self.wo
+        )
+        self.grid = (self.hp, self.wp) if self.flat else (self.ho, self.wo)
+        self.size = n * self.grid[0] * self.grid[1]  # columns of a grid array (rows, size)
+        # GEMM columns: in the flat layout the last output position is column m - 1
+        self.m = self.size - dh * (kh - 1) * self.wp - dw * (kw - 1) if self.flat else self.size
+        # columns per block: a block of the im2col matrix is made, used and reused in cache
+        self.unit = 1 if self.flat else self.ho * self.wo  # blocks hold whole images if compact
+
+    def blocks(self, xp, rows: int, itemsize: int):
+        """``(start, stop)`` column ranges of about ``_BLOCK_BYTES`` of ``rows`` rows each (one
+        range on a GPU)."""
+        if xp is not np:
+            return [(0, self.m)]
+        step = max(1, _BLOCK_BYTES // (rows * itemsize * self.unit)) * self.unit
+        return [(s, min(self.m, s + step)) for s in range(0, self.m, step)]
+
+    def offsets(self):
+        """``(i, j, flat offset)`` of each kernel offset, row-major."""
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        for i in range(kh):
+            for j in range(kw):
+                yield i, j, i * dh * self.wp + j * dw
+
+
+_FLAT_WASTE = 1.5  # the flat layout when it computes at most 1.5x the needed columns
+_BLOCK_BYTES = 2 << 20  # one block of im2col / col2im columns: about the L2 cache
+
+
+def _channel_major(x, padding=NO_PAD):
+    """``x (N, C, H, W)`` as a contiguous ``(C, N, H + pads, W + pads)`` array: a view when
+    ``x`` already lies channel-major in memory (the outputs of this module do), else a copy
+    whose inner runs are whole image rows."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     (pt, pb), (pl, pr) = padding
-    shape = (c, h + pt + pb, w + pl + pr, n)
-    out = xp.zeros(shape, dtype=x.dtype) if pt or pb or pl or pr else xp.empty(shape, x.dtype)
-    out[:, pt : pt + h, pl : pl + w, :] = x.transpose(1, 2, 3, 0)
+    t = x.transpose(1, 0, 2, 3)
+    if not (pt or pb or pl or pr):
+        return xp.ascontiguousarray(t)
+    out = xp.zeros((c, n, h + pt + pb, w + pl + pr), dtype=x.dtype)
+    out[:, :, pt : pt + h, pl : pl + w] = t
     return out
 
 
-def _batch_first(t):
-    """``t (C, H, W, N)`` (possibly a strided view) as a contiguous ``(N, C, H, W)`` array.
-
-    NumPy's copy of a whole transposed array reads with a stride of ``N`` values in its inner
-    loop (about 8x slower than memory bandwidth here); copying a few rows at a time keeps the
-    source block in cache.
-    """
-    xp = get_array_module(t)
-    c, h, w, n = t.shape
-    if xp is not np:
-        return xp.ascontiguousarray(t.transpose(3, 0, 1, 2))
-    out = np.empty((n, c, h, w), dtype=t.dtype)
-    step = max(1, 6144 // max(w * n, 1))
-    for k in range(c):
-        for i in range(0, h, step):
-            out[:, k, i : i + step] = t[k, i : i + step].transpose(2, 0, 1)
-    return out
-
-
-def _columns(x, kernel, out_size, stride, padding, dilation):
-    """The im2col matrix of ``x``: ``(C * kh * kw, Ho * Wo * N)`` (a copy), rows ordered
-    ``(c, i, j)`` like ``w.reshape(O, -1)``'s columns."""
-    xp = get_array_module(x)
-    t = _batch_last(x, padding)
-    c, _, _, n = t.shape
-    (kh, kw), (ho, wo) = kernel, out_size
-    sc, sh, sw, sn = t.strides
-    shape = (c, kh, kw, ho, wo, n)
-    strides = (sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1], sn)
+def _strided(xp, a, shape, strides):
     if xp is np:
-        windows = np.lib.stride_tricks.as_strided(t, shape, strides, writeable=False)
-    else:  # CuPy's as_strided has no ``writeable``
-        windows = xp.lib.stride_tricks.as_strided(t, shape, strides)
-    return windows.reshape(c * kh * kw, ho * wo * n)
+        return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(a, shape, strides)  # CuPy's has no ``writeable``
 
 
-def _rows(y):
-    """``y (N, O, Ho, Wo)`` as the GEMM operand ``(O, Ho * Wo * N)`` (a copy)."""
-    n, o, ho, wo = y.shape
-    return y.transpose(1, 2, 3, 0).reshape(o, ho * wo * n)
+def _column_blocks(x, geo):
+    """The im2col matrix of ``x`` (``(C * kh * kw, m)``, rows ordered ``(c, i, j)`` like
+    ``w.reshape(O, -1)``'s columns) in column blocks: ``(start, stop, block)``, each block a
+    copy into one reused buffer (use it before asking for the next)."""
+    xp = get_array_module(x)
+    t = _channel_major(x, geo.padding)
+    c, n, hp, wp = t.shape
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    sc, sn, srow, scol = t.strides
+    if geo.flat:  # row (c, i, j) is the channel's grid shifted by the offset: one run
+        view = _strided(xp, t, (c, kh, kw, geo.m), (sc, srow * dh, scol * dw, scol))
+    else:
+        shape = (c, kh, kw, n, geo.ho, geo.wo)
+        view = _strided(xp, t, shape, (sc, srow * dh, scol * dw, sn, srow * sh, scol * sw))
+    rows = c * kh * kw
+    ranges = geo.blocks(xp, rows, t.itemsize)
+    buffer = xp.empty(rows * (ranges[0][1] - ranges[0][0]), dtype=t.dtype)
+    for start, stop in ranges:
+        part = view[..., start:stop] if geo.flat else view[:, :, :, start // geo.unit :
+                                                                 stop // geo.unit]  # fmt: skip
+        block = buffer[: rows * (stop - start)].reshape(part.shape)
+        block[...] = part
+        yield start, stop, block.reshape(rows, stop - start)
 
 
-def _per_group(groups, a, b, transpose_a=False, transpose_b=False):
-    """``a @ b`` on row blocks of ``a`` and ``b`` per group, one 2-D GEMM each, stacked."""
-    xp = get_array_module(a)
-    ra, rb = a.shape[0] // groups, b.shape[0] // groups
-    out = []
+def _grid(dy, geo):
+    """``dy (N, O, Ho, Wo)`` as the GEMM operand ``(O, size)`` on ``geo``'s grid (zero where
+    the flat grid has no output; a view for a compact grid and a channel-major ``dy``)."""
+    xp = get_array_module(dy)
+    n, o, ho, wo = dy.shape
+    t = dy.transpose(1, 0, 2, 3)
+    if not geo.flat:
+        return xp.ascontiguousarray(t).reshape(o, geo.size)
+    g = xp.empty((o, n, geo.hp, geo.wp), dtype=dy.dtype)
+    g[:, :, ho:] = 0
+    g[:, :, :ho, wo:] = 0
+    g[:, :, :ho, :wo] = t
+    return g.reshape(o, geo.size)
+
+
+def _as_nchw(g, geo, rows):
+    """The ``(N, rows, Ho, Wo)`` view of a grid array ``g (rows, size)`` (channel-major)."""
+    gh, gw = geo.grid
+    return g.reshape(rows, geo.n, gh, gw)[:, :, : geo.ho, : geo.wo].transpose(1, 0, 2, 3)
+
+
+def _gemm(xp, groups, a, b, out, transpose_a=False):
+    """``out[rows of group k] = a_k @ b_k`` (``a_k``, ``b_k`` row blocks of ``a`` and ``b``;
+    ``a_k.T`` with ``transpose_a``), one 2-D GEMM per group, written in place."""
+    ra, rb, ro = a.shape[0] // groups, b.shape[0] // groups, out.shape[0] // groups
     for k in range(groups):
         ak, bk = a[k * ra : (k + 1) * ra], b[k * rb : (k + 1) * rb]
-        out.append((ak.T if transpose_a else ak) @ (bk.T if transpose_b else bk))
-    return out[0] if groups == 1 else xp.concatenate(out, axis=0)
+        xp.matmul(ak.T if transpose_a else ak, bk, out=out[k * ro : (k + 1) * ro])
+    return out
 
 
 def _out_size(x_shape, kernel, stride, padding, dilation):
@@ -202,13 +261,17 @@ def conv2d(x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1):
     lib = _cudnn_for(padding, x, w, b)
     if lib is not None:
         return _cudnn_conv2d(lib, x, w, b, stride, padding, dilation, groups)
-    n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
-    ho, wo = _out_size(x.shape, kernel, stride, padding, dilation)
-    cols = _columns(x, kernel, (ho, wo), stride, padding, dilation)
-    y = _per_group(groups, w.reshape(o, -1), cols)  # (O, Ho*Wo*N)
+    xp = get_array_module(x)
+    o, kernel = w.shape[0], w.shape[2:]
+    out = _out_size(x.shape, kernel, stride, padding, dilation)
+    geo = _Geometry(x.shape, out, kernel, stride, padding, dilation)
+    wmat = w.reshape(o, -1)
+    y = xp.empty((o, geo.size), dtype=xp.result_type(w.dtype, x.dtype))
+    for start, stop, cols in _column_blocks(x, geo):
+        _gemm(xp, groups, wmat, cols, y[:, start:stop])
     if b is not None:
-        y += b.reshape(o, 1)
-    return _batch_first(y.reshape(o, ho, wo, n))
+        y[:, : geo.m] += b.reshape(o, 1)
+    return _as_nchw(y, geo, o)
 
 
 @ad.primitive
@@ -232,22 +295,42 @@ def conv_transpose2d(y, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, gro
     n, o, ho, wo = y.shape
     cg, kh, kw = w.shape[1:]
     c = cg * groups
-    h, wd = input_size
+    geo = _Geometry((n, c, *input_size), (ho, wo), (kh, kw), stride, padding, dilation)
     wmat = w.reshape(o, cg * kh * kw)
-    cols = _per_group(groups, wmat, _rows(y), transpose_a=True)  # (C*kh*kw, Ho*Wo*N)
-    cols = cols.reshape(c, kh, kw, ho, wo, n)
-    (pt, pb), (pl, pr) = padding
-    out = xp.zeros((c, h + pt + pb, wd + pl + pr, n), dtype=cols.dtype)
-    (sh, sw), (dh, dw) = stride, dilation
-    for i in range(kh):  # one strided add per kernel offset (col2im)
-        for j in range(kw):
-            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
-            columns = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
-            out[:, rows, columns, :] += cols[:, i, j]
-    out = _batch_first(out[:, pt : pt + h, pl : pl + wd, :])
+    g = _grid(y, geo)
+    dtype = xp.result_type(w.dtype, y.dtype)
+    out = xp.empty((c, n * geo.hp * geo.wp), dtype=dtype)
+    rows = c * kh * kw
+    if geo.flat:  # col2im by blocks, last first: block k's shifted adds land at or after it
+        out[:, geo.m :] = 0
+        ranges = geo.blocks(xp, rows, out.itemsize)
+        buffer = xp.empty(rows * (ranges[0][1] - ranges[0][0]), dtype=dtype)
+        for start, stop in reversed(ranges):
+            cols = buffer[: rows * (stop - start)].reshape(rows, stop - start)
+            _gemm(xp, groups, wmat, g[:, start:stop], cols, transpose_a=True)
+            cols = cols.reshape(c, kh, kw, stop - start)
+            for i, j, shift in geo.offsets():  # (0, 0) first: it writes, the others add
+                if shift == 0:
+                    out[:, start:stop] = cols[:, i, j]
+                else:
+                    out[:, start + shift : stop + shift] += cols[:, i, j]
+    else:  # one strided add per kernel offset
+        cols = _gemm(xp, groups, wmat, g, xp.empty((rows, geo.m), dtype), transpose_a=True)
+        cols = cols.reshape(c, kh, kw, n, ho, wo)
+        out[...] = 0
+        grid = out.reshape(c, n, geo.hp, geo.wp)
+        (sh, sw), (dh, dw) = stride, dilation
+        for i in range(kh):
+            for j in range(kw):
+                rows_ = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+                columns = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+                grid[:, :, rows_, columns] += cols[:, i, j]
     if b is not None:
-        out += b.reshape(1, c, 1, 1)
-    return out
+        out += b.reshape(c, 1)
+    (pt, _), (pl, _) = padding
+    h, wd = input_size
+    grid = out.reshape(c, n, geo.hp, geo.wp)[:, :, pt : pt + h, pl : pl + wd]
+    return grid.transpose(1, 0, 2, 3)
 
 
 @ad.primitive
@@ -263,13 +346,29 @@ def conv2d_weight(x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, ker
     lib = _cudnn_for(padding, x, dy)
     if lib is not None:
         return _cudnn_conv2d_weight(lib, x, dy, stride, padding, dilation, groups, kernel_size)
+    xp = get_array_module(x)
     n, o, ho, wo = dy.shape
-    cols = _columns(x, kernel_size, (ho, wo), stride, padding, dilation)
-    # (cols @ dy^T)^T: OpenBLAS runs this orientation 2x faster than dy @ cols^T here
-    dy_t = dy.transpose(2, 3, 0, 1).reshape(ho * wo * n, o)  # (Ho*Wo*N, O), a copy
-    dw_t = _per_group(groups, cols, dy_t.T, transpose_b=True)  # groups of (Cg*kh*kw, O/g)
-    dw = dw_t.reshape(groups, -1, o // groups).transpose(0, 2, 1)  # (g, O/g, Cg*kh*kw)
-    return dw.reshape(o, x.shape[1] // groups, *kernel_size)
+    kernel = tuple(kernel_size)
+    # compact columns: dy is then the GEMM operand as it lies (channel-major) or one copy
+    geo = _Geometry(x.shape, (ho, wo), kernel, stride, padding, dilation, flat=False)
+    g = _grid(dy, geo)  # (O, m)
+    rows = x.shape[1] * kernel[0] * kernel[1]
+    # per group (cols @ dy^T)^T: OpenBLAS runs this orientation faster than dy @ cols^T here
+    dw_t = xp.zeros((rows // groups, o), dtype=xp.result_type(x.dtype, dy.dtype))
+    part = xp.empty_like(dw_t)
+    for start, stop, cols in _column_blocks(x, geo):
+        _gemm_weight(xp, groups, cols, g[:, start:stop], part)
+        dw_t += part
+    return dw_t.T.reshape(o, x.shape[1] // groups, *kernel)
+
+
+def _gemm_weight(xp, groups, cols, g, out):
+    """``out[:, group k's columns] = cols_k @ g_k.T`` (``cols_k``, ``g_k`` row blocks)."""
+    rc, rg = cols.shape[0] // groups, g.shape[0] // groups
+    for k in range(groups):
+        xp.matmul(cols[k * rc : (k + 1) * rc], g[k * rg : (k + 1) * rg].T,
+                  out=out[:, k * rg : (k + 1) * rg])  # fmt: skip
+    return out
 
 
 # -- rules: each primitive's derivatives are the other two ----------------------------------------

@@ -92,10 +92,12 @@ def max_pool2d(x, kernel, stride, padding):
     out = pool_output_size(x.shape, kernel, stride, padding)
     xp = get_array_module(x)
     padded = _pad(x, padding, -np.inf)
-    y = None
-    for rows, cols in _offsets(kernel, stride, out):
-        view = padded[:, :, rows, cols]
-        y = view.copy() if y is None else xp.maximum(y, view, out=y)
+    views = [padded[:, :, rows, cols] for rows, cols in _offsets(kernel, stride, out)]
+    if len(views) == 1:
+        return views[0].copy(order="K")
+    y = xp.maximum(views[0], views[1])  # laid out in memory as x is
+    for view in views[2:]:
+        xp.maximum(y, view, out=y)
     return y
 
 
@@ -110,17 +112,37 @@ def max_pool2d_scatter(dy, x, y, kernel, stride, padding):
     """
     (ph, pw), (h, w) = padding, x.shape[2:]
     xp = get_array_module(dy)
-    shape = (x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw)
     out = dy.shape[2:]
     # windows that tile the input exactly write every entry once: no zero fill, no adds
     tiles = stride == kernel and not any(padding) and (h, w) == (out[0] * kernel[0],
                                                                  out[1] * kernel[1])  # fmt: skip
-    dx = xp.empty(shape, dtype=dy.dtype) if tiles else xp.zeros(shape, dtype=dy.dtype)
-    for rows, cols, mask in _winners(x, y, kernel, stride, padding):
+    if tiles:  # laid out in memory as x is (the next op reads both)
+        dx = xp.empty_like(x, dtype=dy.dtype)
+    else:
+        dx = xp.zeros((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    padded = _pad(x, padding, -np.inf)
+    offsets = list(_offsets(kernel, stride, out))
+    # ``left``: dy where no earlier offset won yet; each offset takes it where it holds the
+    # maximum (the first maximum wins, as in PyTorch), the last one takes what is left
+    # (``left`` laid out as ``y``: the passes below then read every array in one order)
+    left = dy
+    if len(offsets) > 1:
+        left = xp.empty_like(y, dtype=dy.dtype)
+        left[...] = dy
+    for k, (rows, cols) in enumerate(offsets):
+        target = dx[:, :, rows, cols]
+        if k == len(offsets) - 1:
+            if tiles:
+                target[...] = left
+            else:
+                target += left
+            break
+        taken = left * (padded[:, :, rows, cols] == y)
         if tiles:
-            xp.multiply(dy, mask, out=dx[:, :, rows, cols])
+            target[...] = taken
         else:
-            dx[:, :, rows, cols] += dy * mask
+            target += taken
+        left -= taken  # exactly 0 where taken (for finite dy), unchanged elsewhere
     return dx[:, :, ph : ph + h, pw : pw + w] if ph or pw else dx
 
 
