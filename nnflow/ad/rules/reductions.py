@@ -32,12 +32,17 @@ def _count(a, axis) -> int:
     return int(np.prod([shape[i] for i in _axes(axis, len(shape))], dtype=np.int64))
 
 
-def _sum_a(dy, y, a, axis=None, dtype=None, out=None, keepdims=False, **_):
-    return np.broadcast_to(_expand(dy, a, axis, keepdims), np.shape(a))
+def _sum_a(dy, y, a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=True):
+    g = np.broadcast_to(_expand(dy, a, axis, keepdims), np.shape(a))
+    return g if where is True else np.where(where, g, 0)  # entries left out get nothing
 
 
-def _mean_a(dy, y, a, axis=None, dtype=None, out=None, keepdims=False, **_):
-    return np.broadcast_to(_expand(dy, a, axis, keepdims) / _count(a, axis), np.shape(a))
+def _mean_a(dy, y, a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
+    if where is True:
+        return np.broadcast_to(_expand(dy, a, axis, keepdims) / _count(a, axis), np.shape(a))
+    mask = np.broadcast_to(where, np.shape(a))  # the mean of the selected entries
+    count = np.sum(mask, axis=_axes(axis, np.ndim(a)), keepdims=True)
+    return np.where(mask, _expand(dy, a, axis, keepdims) / count, 0)
 
 
 def _extremum_a(dy, y, a, axis=None, out=None, keepdims=False, **_):
@@ -154,9 +159,15 @@ def _reduction_cases(fn, make=sample, order2=True, **extra):
 _AT_ZERO = sample(3, 2)
 _ZERO_AT_1 = np.where(np.arange(3)[:, None] == 1, _AT_ZERO, 0.0)
 
+_MASK = np.arange(12).reshape(3, 4) % 3 != 1  # every row and column keeps an entry
+
 CASES = [
     *_reduction_cases(np.sum),
+    Case(np.sum, lambda a: np.sum(a, where=_MASK), (sample(3, 4),), "where"),
+    Case(np.sum, lambda a: np.sum(a, axis=1, where=_MASK[0]), (sample(3, 4),), "where-axis"),
     *_reduction_cases(np.mean),
+    Case(np.mean, lambda a: np.mean(a, where=_MASK), (sample(3, 4),), "where"),
+    Case(np.mean, lambda a: np.mean(a, axis=0, where=_MASK), (sample(3, 4),), "where-axis"),
     *_reduction_cases(np.prod, order2=True),
     Case(np.prod, lambda a: np.prod(a - _ZERO_AT_1, axis=0), (_AT_ZERO,), "exact-zero"),
     *[c for fn in (np.max, np.amax, np.min, np.amin) for c in _reduction_cases(fn)],
