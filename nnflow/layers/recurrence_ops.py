@@ -154,7 +154,7 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
     hh = 2 * hidden
     dtype = ws.dtype
-    out = xp.empty((4 * hidden, (steps + 1) * n), dtype=dtype)
+    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous: see below
     dyh = xp.empty((steps, hidden, n), dtype=dtype)
     dyh[...] = xp.transpose(dy[:steps], (0, 2, 1))
     dc = xp.empty((hidden, n), dtype=dtype)
@@ -175,7 +175,7 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
         g, o = act[hh : 3 * hidden], act[3 * hidden :]
         dh = dyh[t]
         if t < steps - 1:  # dh += W_hh^T dz_{t+1}
-            matmul(w_t, out[:, (t + 1) * n : (t + 2) * n], out=u)
+            matmul(w_t, dz[t + 1], out=u)
             add(dh, u, dh)
             multiply(dc, ws[t + 1, k + 3 * hidden : k + 4 * hidden], dc)  # dc_{t+1} f_{t+1}
         # dc_t += dh o (1 - tanh(c)^2) = dh (o - h tanh(c)), as h = o tanh(c)
@@ -192,7 +192,11 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
         multiply(dc, act.reshape(4, hidden, n)[2::-2], m_ig)
         multiply(dc, ws[t - 1, k : k + hidden] if t else c0_t, m[hidden:hh])
         multiply(dh, tc, m[3 * hidden :])
-        multiply(m, s, out[:, t * n : (t + 1) * n])
+        multiply(m, s, dz[t])
+    # one transposing copy into the (4H, T N) layout of the weight gradients' GEMMs: writing
+    # each step's (4H, N) block straight into it (rows (T + 1) N apart) cost ~8x more
+    out = xp.empty((4 * hidden, (steps + 1) * n), dtype=dtype)
+    out[:, : steps * n].reshape(4 * hidden, steps, n)[...] = xp.transpose(dz, (1, 0, 2))
     multiply(dc, ws[0, k + 3 * hidden : k + 4 * hidden], out[:hidden, steps * n :])  # f_0
     out[hidden:, steps * n :] = 0
     return out
@@ -204,22 +208,35 @@ ad.nodiff(lstm_layer_backward, "ws")
 _LAST = threading.local()  # ad.grad calls one rule per argument: reuse the loop's result
 
 
-def _backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
-    """``lstm_layer_backward``, computed once for the several rules of one node."""
-    args = (dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
+def _once(kind, fn, args):
+    """``fn(*args)``, reused by the next rule of the same node (``ad.grad`` calls one rule per
+    argument on the same arrays); traced calls are merged by the compiler instead."""
     if any(type(a) is ad.Tracer for a in args):
-        return lstm_layer_backward(*args)  # traced: compile merges the repeated calls
-    last = getattr(_LAST, "entry", None)
+        return fn(*args)
+    last = getattr(_LAST, kind, None)
     if last is not None and all(a is b for a, b in zip(last[0], args, strict=True)):
         return last[1]
-    packed = lstm_layer_backward(*args)
-    _LAST.entry = (args, packed)
-    return packed
+    result = fn(*args)
+    setattr(_LAST, kind, (args, result))
+    return result
 
 
-def _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
-    steps, n = x.shape[:2]
-    return _backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)[:, : steps * n]
+def _dz(*args):
+    """The gate cotangents ``(4H, T N)`` of every step (args: those of the backward)."""
+    steps, n = np.shape(args[2])[:2]
+    return _once("backward", lstm_layer_backward, args)[:, : steps * n]
+
+
+def _stacked_weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
+    """``[dW_hh | dW_ih | db]`` ``(4H, K)``: one GEMM of ``dz`` with the steps' stacked
+    operands ``[h_{t-1}; x_t; 1]``, read from the workspace."""
+    steps, n, inputs, hidden, k = _sizes(x, weight_hh)
+    operands = np.reshape(np.transpose(ws[:steps, :k], (0, 2, 1)), (steps * n, k))
+    return _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias) @ operands
+
+
+def _weight_grads(*args):
+    return _once("weights", _stacked_weight_grads, args)
 
 
 @ad.diffrule(lstm_outputs, "x")
@@ -236,29 +253,28 @@ def _outputs_dh0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
 
 @ad.diffrule(lstm_outputs, "c0")
 def _outputs_dc0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    packed = _backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    steps, n = x.shape[:2]
+    args = (dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
+    steps, n = np.shape(x)[:2]
+    packed = _once("backward", lstm_layer_backward, args)
     return np.transpose(packed[: np.shape(weight_hh)[1], steps * n :])
 
 
 @ad.diffrule(lstm_outputs, "weight_ih")
 def _outputs_dw_ih(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    steps, n, inputs = x.shape
-    dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return dz @ np.reshape(x, (steps * n, inputs))
+    hidden, inputs = np.shape(weight_hh)[1], np.shape(weight_ih)[1]
+    dw = _weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
+    return dw[:, hidden : hidden + inputs]
 
 
 @ad.diffrule(lstm_outputs, "weight_hh")
 def _outputs_dw_hh(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    steps, n, inputs, hidden, k = _sizes(x, weight_hh)
-    dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    h_prev = np.reshape(np.transpose(ws[:steps, :hidden], (0, 2, 1)), (steps * n, hidden))
-    return dz @ h_prev
+    dw = _weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
+    return dw[:, : np.shape(weight_hh)[1]]
 
 
 @ad.diffrule(lstm_outputs, "bias")
 def _outputs_dbias(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    return np.sum(_dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias), axis=1)
+    return _weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)[:, -1]
 
 
 # -- reference implementations (traced NumPy; what the higher-order rules differentiate) ---------
