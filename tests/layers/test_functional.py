@@ -87,6 +87,27 @@ def test_extreme_inputs_stay_finite():
     assert np.isfinite(g[0]).all()
 
 
+def test_sigmoid_stable_accurate_and_warning_free():
+    """The exp(-|x|) form: exact saturation at +-1000, full relative accuracy in both tails
+    (no 1 - tiny cancellation for negative x), no overflow warning, float32 kept."""
+    x = np.concatenate([np.linspace(-745.0, 40.0, 3001), [-1000.0, -0.0, 0.0, 1000.0]])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is exact
+        y = F.sigmoid(x)
+        y32 = F.sigmoid(x.astype(np.float32))
+    expected = np.array([1 / (1 + math.exp(-v)) if v > -700 else math.exp(v) for v in x])
+    np.testing.assert_allclose(y, expected, rtol=4e-16, atol=0)
+    assert y[-4:].tolist() == [0.0, 0.5, 0.5, 1.0]
+    assert y32.dtype == np.float32
+    x32 = x.astype(np.float32).astype(np.float64)  # the float32 inputs, exactly
+    expected32 = np.array([1 / (1 + math.exp(-v)) if v > -700 else 0.0 for v in x32])
+    normal = expected32 > np.finfo(np.float32).tiny  # subnormal results lose digits
+    np.testing.assert_allclose(y32[normal], expected32[normal], rtol=5e-7, atol=0)
+    np.testing.assert_allclose(y32[~normal], expected32[~normal], rtol=0, atol=2e-45)
+    assert float(F.sigmoid(np.float32(-1000.0))) == 0.0 and F.sigmoid(np.array(2)).dtype.kind == "f"
+    assert np.isnan(F.sigmoid(np.array([np.nan]))).all()
+    ad.gradcheck(lambda x: np.sum(F.sigmoid(x) ** 2), np.array([-30.0, -2.0, 0.0, 3.0, 25.0]))
+
+
 def test_get_activation():
     assert F.get_activation("gelu") is F.gelu and F.get_activation(np.tanh) is np.tanh
     with pytest.raises(ValueError, match="unknown activation 'Relu'"):
