@@ -230,3 +230,71 @@ def test_sequence_time_first_float32_and_errors():
         GRU(3, 4)(rand(2, 5, 3, dtype=np.float32), rand(2, 4, dtype=np.float32))
     with pytest.raises(ValueError, match="num_layers"):
         RNN(3, 4, num_layers=0)
+
+
+# -- the fused LSTM primitives (recurrence_ops) ---------------------------------------------------
+def _lstm_args(steps, n, inputs, hidden, bias=True, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    shapes = [(steps, n, inputs), (n, hidden), (n, hidden), (4 * hidden, inputs),
+              (4 * hidden, hidden)] + ([(4 * hidden,)] if bias else [])  # fmt: skip
+    args = [rng.normal(size=s).astype(dtype) for s in shapes]
+    return tuple(args) + ((None,) if not bias else ())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_primitives_match_their_traced_references(bias):
+    """The raw-array forward and BPTT loops equal the traced reference implementations that
+    their higher-order rules differentiate (workspace layout included)."""
+    from nnflow.layers import recurrence_ops as ops
+
+    args = _lstm_args(4, 3, 2, 5, bias=bias)
+    ws = ops.lstm_layer(*args)
+    np.testing.assert_allclose(ws, ops._reference_workspace(*args), rtol=1e-13, atol=1e-14)
+    dy = np.random.default_rng(1).normal(size=(5, 3, 5))
+    expected = ops._reference_backward(dy, *args)
+    np.testing.assert_allclose(ops.lstm_layer_backward(dy, ws, *args), expected, rtol=1e-12)
+
+
+def test_lstm_layer_gradients_time_first_no_bias_two_layers_and_final_cell():
+    """Every gradient path of the fused layer: inputs, initial h and c, both layers'
+    weights, c_n in the loss, no bias, time-first, eager and compiled alike."""
+    lstm = LSTM(2, 3, num_layers=2, bias=False, batch_first=False, **F64)
+    x = rand(4, 2, 2)
+    state = (rand(2, 2, 3, seed=3), rand(2, 2, 3, seed=4))
+
+    def loss(m, x, state):
+        out, (h, c) = m(x, state)
+        return np.sum(out * np.arange(3.0)) + np.sum(h**2) + np.sum(np.sin(c))
+
+    ad.gradcheck(loss, lstm, x, state)
+    value, grads = ad.grad(loss, lstm, x, state)
+    compiled = ad.compile_grad(loss)
+    for _ in range(2):  # the second call replays the compiled step
+        value_c, grads_c = compiled(lstm, x, state)
+        np.testing.assert_allclose(value_c, value, rtol=1e-12)
+        for path, g in grads[0].items():
+            np.testing.assert_allclose(grads_c[0][path], g, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grads_c[1], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_lstm_layer_second_order_and_float32_agrees_with_float64():
+    lstm = LSTM(2, 3, **F64)
+    x = rand(2, 3, 2)
+
+    def grad_norm(x):  # a gradient w.r.t. the input, differentiated again
+        g = ad.grad(lambda x: np.sum(np.tanh(lstm(x)[0])), x)[1][0]
+        return np.sum(g**2)
+
+    ad.gradcheck(grad_norm, x)
+    lstm32 = LSTM(2, 3, rng=0, dtype=np.float32)
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        setattr(lstm32, name, getattr(lstm, name).astype(np.float32))
+
+    def loss(m, x):
+        return np.sum(m(x)[0] ** 2)
+
+    _, g64 = ad.grad(loss, lstm, x)
+    _, g32 = ad.grad(loss, lstm32, x.astype(np.float32))
+    for path, g in g64[0].items():
+        assert g32[0][path].dtype == np.float32
+        np.testing.assert_allclose(g32[0][path], g, rtol=1e-4, atol=1e-6)
