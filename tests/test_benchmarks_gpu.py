@@ -34,5 +34,6 @@ def test_gpu_workload_builds_and_agrees_with_cpu(fake_gpu, name, system):
     assert set(got) == set(want)
     for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
-    if system == "nnflow-compiled":
+    if system == "nnflow-compiled" and name != "lstm":  # LSTM: the steps run inside the
+        # lstm_layer / lstm_layer_backward primitives; what is left (the MSE) has no chain
         assert any(k.name.startswith("nnflow_fused") for k in fake_gpu.kernels)
