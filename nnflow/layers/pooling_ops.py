@@ -16,6 +16,12 @@ over pixels), each offset one strided view:
 
 Geometry: ``kernel (kh, kw)``, ``stride (sh, sw)``, ``padding (ph, pw)`` (symmetric).
 
+Outputs keep their input's memory layout (``np.maximum`` of views allocates like its inputs;
+the scatter writes into ``empty_like(x)``): after a convolution, whose outputs are
+channel-major, every pass then reads its arrays in one order. The scatter hands ``dy`` to the
+offsets in turn (``left``: what no earlier offset took), one compare, one multiply and one
+subtract per offset, instead of keeping a mask of the windows already taken.
+
 >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), (2, 2), (2, 2), (0, 0))[0, 0].tolist()
 [[5.0, 7.0], [13.0, 15.0]]
 """
