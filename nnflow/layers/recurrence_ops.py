@@ -167,6 +167,7 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     s_g = s[hh : 3 * hidden]
     w_t = xp.transpose(weight_hh)
     c0_t = xp.transpose(c0)
+    g_and_i = ws[:, k + hh :].reshape(steps + 1, 4, hidden, n)[:, 2::-2]  # per step [g, i]
     matmul, multiply, add, subtract = xp.matmul, xp.multiply, xp.add, xp.subtract
     for t in range(steps - 1, -1, -1):
         block = ws[t]
@@ -189,7 +190,7 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
         multiply(g, g, s_g)
         subtract(1, s_g, s_g)
         # dz = [dc g, dc c_prev, dc i, dh tanh(c)] * s
-        multiply(dc, act.reshape(4, hidden, n)[2::-2], m_ig)
+        multiply(dc, g_and_i[t], m_ig)
         multiply(dc, ws[t - 1, k : k + hidden] if t else c0_t, m[hidden:hh])
         multiply(dh, tc, m[3 * hidden :])
         multiply(m, s, dz[t])
