@@ -33,10 +33,12 @@ second layer's three convolutions from ~28 to ~21 ms in isolation, and the train
 2.1x to 1.9x PyTorch's time. Tried and dropped: cache-sized column blocks (faster in
 isolation, slower inside the step: each block's 2-thread GEMM waits for both threads), a
 NHWC layout (its GEMM orientation suits OpenBLAS better, but col2im then adds runs of ``C``
-values), 9 per-offset GEMMs for the filter gradient (K = C too small), and caching ``x``'s
-im2col matrix from the forward for the filter gradient (it would be stale if ``x`` were
-changed in place in between). Geometry arguments are normalised tuples: ``stride (sh, sw)``,
-``padding ((top, bottom), (left, right))``, ``dilation (dh, dw)``, ``groups``.
+values), 9 per-offset GEMMs for the filter gradient (K = C too small), flat columns for the
+filter gradient (they need a zero-padded copy of ``dy``), and reusing the forward's im2col
+matrix for the filter gradient (a cache that is safe only if it checks ``x``'s content, for
+~1.5 ms a step at best, and only with the flat layout). Geometry arguments are normalised
+tuples: ``stride (sh, sw)``, ``padding ((top, bottom), (left, right))``, ``dilation (dh,
+dw)``, ``groups``.
 
 On the GPU each primitive calls cuDNN instead (``cupyx.cudnn``'s ``convolution_forward``,
 ``convolution_backward_data`` and ``convolution_backward_filter``: the same three operations)
@@ -240,8 +242,17 @@ def _gemm(xp, groups, a, b, out, transpose_a=False):
     ra, rb, ro = a.shape[0] // groups, b.shape[0] // groups, out.shape[0] // groups
     for k in range(groups):
         ak, bk = a[k * ra : (k + 1) * ra], b[k * rb : (k + 1) * rb]
-        xp.matmul(ak.T if transpose_a else ak, bk, out=out[k * ro : (k + 1) * ro])
+        _matmul_into(xp, ak.T if transpose_a else ak, bk, out[k * ro : (k + 1) * ro])
     return out
+
+
+def _matmul_into(xp, a, b, out):
+    """``out[...] = a @ b``: NumPy writes a strided ``out`` directly (BLAS takes its row
+    stride); other array modules compute into a fresh array first."""
+    if xp is np:
+        np.matmul(a, b, out=out)
+    else:
+        out[...] = xp.matmul(a, b)
 
 
 def _out_size(x_shape, kernel, stride, padding, dilation):
@@ -358,8 +369,8 @@ def _gemm_weight(xp, groups, cols, g, out):
     """``out[:, group k's columns] = cols_k @ g_k.T`` (``cols_k``, ``g_k`` row blocks)."""
     rc, rg = cols.shape[0] // groups, g.shape[0] // groups
     for k in range(groups):
-        xp.matmul(cols[k * rc : (k + 1) * rc], g[k * rg : (k + 1) * rg].T,
-                  out=out[:, k * rg : (k + 1) * rg])  # fmt: skip
+        gk = g[k * rg : (k + 1) * rg]
+        _matmul_into(xp, cols[k * rc : (k + 1) * rc], gk.T, out[:, k * rg : (k + 1) * rg])
     return out
 
 

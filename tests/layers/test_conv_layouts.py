@@ -195,3 +195,23 @@ def test_max_pool_scatter_ties_go_to_the_first_maximum(layout, geo):
     dx = max_pool2d_scatter(dy, x, y, kernel, stride, (0, 0))
     np.testing.assert_allclose(dx, ref_max_pool_scatter(dy, np.asarray(x), kernel, stride),
                                atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("padding", [1, "same"], ids=["symmetric", "asymmetric"])
+def test_gemm_formulation_on_the_gpu_stand_in(fake_gpu, monkeypatch, padding):
+    """Without cuDNN (or with asymmetric padding) the GEMM formulation runs on the device's
+    array module: the same gradients as on the CPU, on the device."""
+    from nnflow import backend, layers
+    from nnflow.backend import to_device
+
+    monkeypatch.setattr(backend, "_load_cudnn", lambda: (None, "no cuDNN in this test"))
+    net = layers.Chain(layers.Conv2d(2, 3, 2, padding=padding, rng=0), layers.MaxPool2d(2))
+    net = net.astype(np.float64)
+    x = np.random.default_rng(7).normal(size=(2, 2, 6, 6))
+    want_value, want = ad.grad(lambda m, x: np.sum(m(x) ** 2), net, x)
+    net.to("gpu")
+    value, g = ad.grad(lambda m, x: np.sum(m(x) ** 2), net, to_device(x, "gpu"))
+    np.testing.assert_allclose(float(to_device(value, "cpu")), float(want_value), rtol=1e-12)
+    for path, grad in want[0].items():
+        assert backend.device_of(g[0][path]) == "gpu"
+        np.testing.assert_allclose(to_device(g[0][path], "cpu"), grad, rtol=1e-12)
