@@ -223,9 +223,7 @@ def _grid(dy, geo):
     t = dy.transpose(1, 0, 2, 3)
     if not geo.flat:
         return xp.ascontiguousarray(t).reshape(o, geo.size)
-    g = xp.empty((o, n, geo.hp, geo.wp), dtype=dy.dtype)
-    g[:, :, ho:] = 0
-    g[:, :, :ho, wo:] = 0
+    g = xp.zeros((o, n, geo.hp, geo.wp), dtype=dy.dtype)
     g[:, :, :ho, :wo] = t
     return g.reshape(o, geo.size)
 
