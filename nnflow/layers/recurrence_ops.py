@@ -25,12 +25,13 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     the reverse time loop on raw arrays: ``(4H, (T + 1) N)``, the cotangents of the gate
     pre-activations of every step (columns ``t N .. (t + 1) N``, PyTorch's gate order) and,
     in the last ``N`` columns, the cotangent of ``c0`` (rows ``:H``; the other rows zero). Per
-    step it does one GEMM (``W_hh^T dz``) and ~13 in-place passes over ``(H, N)`` or
+    step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over ``(H, N)`` or
     ``(4H, N)`` buffers that stay in cache. Everything else is one GEMM each after the loop,
     written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``dW_ih = dz X``,
     ``dW_hh = dz H_prev``, ``db``, ``dx = dz^T W_ih``, ``dh0``), so a compiled step drops the
     ones it does not need (``dx`` of the data) and merges the repeated ``lstm_layer_backward``
-    calls (CSE); ``ad.grad`` reuses the last call's result (one-entry cache).
+    calls (CSE); ``ad.grad`` reuses the last call's result (a one-entry cache per thread,
+    which keeps that call's arrays alive until the next backward pass).
 
 Higher order: ``lstm_layer_backward`` is a function of ``(dy, x, h0, c0, W, b)`` (``ws`` is a
 cache of ``lstm_layer``'s value, ``nodiff``); its rules, and those of ``lstm_layer`` itself,
