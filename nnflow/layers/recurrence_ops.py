@@ -27,9 +27,10 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     in the last ``N`` columns, the cotangent of ``c0`` (rows ``:H``; the other rows zero). Per
     step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over ``(H, N)`` or
     ``(4H, N)`` buffers that stay in cache. Everything else is one GEMM each after the loop,
-    written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``dW_ih = dz X``,
-    ``dW_hh = dz H_prev``, ``db``, ``dx = dz^T W_ih``, ``dh0``), so a compiled step drops the
-    ones it does not need (``dx`` of the data) and merges the repeated ``lstm_layer_backward``
+    written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``[dW_hh | dW_ih | db]
+    = dz [h_{t-1}; x_t; 1]^T`` in one, read from ``ws``; ``dx = dz^T W_ih``; ``dh0``), so a
+    compiled step drops those it does not need (``dx`` of the data) and merges the repeated
+    ``lstm_layer_backward``
     calls (CSE); ``ad.grad`` reuses the last call's result (a one-entry cache per thread,
     which keeps that call's arrays alive until the next backward pass).
 
