@@ -30,9 +30,8 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``[dW_hh | dW_ih | db]
     = dz [h_{t-1}; x_t; 1]^T`` in one, read from ``ws``; ``dx = dz^T W_ih``; ``dh0``), so a
     compiled step drops those it does not need (``dx`` of the data) and merges the repeated
-    ``lstm_layer_backward``
-    calls (CSE); ``ad.grad`` reuses the last call's result (a one-entry cache per thread,
-    which keeps that call's arrays alive until the next backward pass).
+    ``lstm_layer_backward`` calls (CSE); ``ad.grad`` reuses the last call's result (a
+    one-entry cache per thread, which keeps that call's arrays alive until the next one).
 
 Higher order: ``lstm_layer_backward`` is a function of ``(dy, x, h0, c0, W, b)`` (``ws`` is a
 cache of ``lstm_layer``'s value, ``nodiff``); its rules, and those of ``lstm_layer`` itself,
