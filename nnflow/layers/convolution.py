@@ -29,16 +29,16 @@ back to NCHW). NumPy's elementwise ops keep a layout (``relu(y)`` is channel-maj
 a ``Conv2d -> relu -> Conv2d`` chain the next convolution's input and the gradients reaching it
 are already channel-major and need no layout copy. Measured on the conv workload of
 ``benchmarks/`` (2 cores, OpenBLAS, batch 64, 16 -> 32 channels on 26x26): this takes the
-second layer's three convolutions from ~28 to ~21 ms in isolation, and the training step from
-2.1x to 1.9x PyTorch's time. Tried and dropped: cache-sized column blocks (faster in
-isolation, slower inside the step: each block's 2-thread GEMM waits for both threads), a
-NHWC layout (its GEMM orientation suits OpenBLAS better, but col2im then adds runs of ``C``
-values), 9 per-offset GEMMs for the filter gradient (K = C too small), flat columns for the
-filter gradient (they need a zero-padded copy of ``dy``), and reusing the forward's im2col
-matrix for the filter gradient (a cache that is safe only if it checks ``x``'s content, for
-~1.5 ms a step at best, and only with the flat layout). Geometry arguments are normalised
-tuples: ``stride (sh, sw)``, ``padding ((top, bottom), (left, right))``, ``dilation (dh,
-dw)``, ``groups``.
+second layer's three convolutions from ~37 to ~29 ms in isolation, and the training step from
+2.1x to 1.85-1.9x PyTorch's time (``benchmarks/README.md``, "Conv step after optimisation").
+Tried and dropped: cache-sized column blocks (faster in isolation, slower inside the step: each
+block's 2-thread GEMM waits for both threads), a NHWC layout (its GEMM orientation suits
+OpenBLAS better, but col2im then adds runs of ``C`` values), 9 per-offset GEMMs for the filter
+gradient (K = C too small), flat columns for the filter gradient (they need a zero-padded copy
+of ``dy``), and reusing the forward's im2col matrix for the filter gradient (a cache that is
+safe only if it checks ``x``'s content, for ~1.5 ms a step at best, and only with the flat
+layout). Geometry arguments are normalised tuples: ``stride (sh, sw)``, ``padding ((top,
+bottom), (left, right))``, ``dilation (dh, dw)``, ``groups``.
 
 On the GPU each primitive calls cuDNN instead (``cupyx.cudnn``'s ``convolution_forward``,
 ``convolution_backward_data`` and ``convolution_backward_filter``: the same three operations)
