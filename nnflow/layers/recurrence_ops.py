@@ -30,8 +30,8 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``[dW_hh | dW_ih | db]
     = dz [h_{t-1}; x_t; 1]^T`` in one, read from ``ws``; ``dx = dz^T W_ih``; ``dh0``), so a
     compiled step drops those it does not need (``dx`` of the data) and merges the repeated
-    ``lstm_layer_backward`` calls (CSE); ``ad.grad`` reuses the last call's result (a
-    one-entry cache per thread, which keeps that call's arrays alive until the next one).
+    ``lstm_layer_backward`` calls (CSE); ``ad.grad`` reuses that call's result across the
+    node's rules (a memo hung off the workspace by a weak reference, freed with it).
 
 Higher order: ``lstm_layer_backward`` is a function of ``(dy, x, h0, c0, W, b)`` (``ws`` is a
 cache of ``lstm_layer``'s value, ``nodiff``); its rules, and those of ``lstm_layer`` itself,
@@ -48,7 +48,7 @@ test checks all three primitives to second order.
 
 from __future__ import annotations
 
-import threading
+import weakref
 
 import numpy as np
 
@@ -207,19 +207,36 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
 ad.nodiff(lstm_outputs, "ws")
 ad.nodiff(lstm_layer_backward, "ws")
 
-_LAST = threading.local()  # ad.grad calls one rule per argument: reuse the loop's result
+_MEMO: dict[int, dict] = {}  # id(ws) -> {kind: (other args, result)}, dropped with ws
+
+
+def _forget(key: int) -> None:
+    _MEMO.pop(key, None)
 
 
 def _once(kind, fn, args):
     """``fn(*args)``, reused by the next rule of the same node (``ad.grad`` calls one rule per
-    argument on the same arrays); traced calls are merged by the compiler instead."""
+    argument on the same arrays); traced calls are merged by the compiler instead.
+
+    The memo hangs off the workspace ``args[1]`` through a weak reference: it is freed with the
+    workspace (that is, with the tape that holds it), never kept alive by the memo itself.
+    """
     if any(type(a) is ad.Tracer for a in args):
         return fn(*args)
-    last = getattr(_LAST, kind, None)
-    if last is not None and all(a is b for a, b in zip(last[0], args, strict=True)):
+    ws, others = args[1], args[:1] + args[2:]
+    key = id(ws)
+    memo = _MEMO.get(key)
+    if memo is None or memo["ref"]() is not ws:
+        try:
+            memo = {"ref": weakref.ref(ws, lambda _, key=key: _forget(key))}
+        except TypeError:  # an array type without weak references: no reuse
+            return fn(*args)
+        _MEMO[key] = memo
+    last = memo.get(kind)
+    if last is not None and all(a is b for a, b in zip(last[0], others, strict=True)):
         return last[1]
     result = fn(*args)
-    setattr(_LAST, kind, (args, result))
+    memo[kind] = (others, result)
     return result
 
 

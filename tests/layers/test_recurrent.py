@@ -298,3 +298,34 @@ def test_lstm_layer_second_order_and_float32_agrees_with_float64():
     for path, g in g64[0].items():
         assert g32[0][path].dtype == np.float32
         np.testing.assert_allclose(g32[0][path], g, rtol=1e-4, atol=1e-6)
+
+
+def test_lstm_eager_backward_runs_once_per_node_and_frees_its_memo(monkeypatch):
+    """``ad.grad`` asks one rule per parameter; the BPTT loop must run once for all of them,
+    and nothing it computed may outlive the call (the memo dies with the workspace)."""
+    import gc
+
+    from nnflow.layers import recurrence_ops
+
+    calls = []
+    loop = recurrence_ops.lstm_layer_backward
+
+    def counting(*args):
+        calls.append(1)
+        return loop(*args)
+
+    monkeypatch.setattr(recurrence_ops, "lstm_layer_backward", counting)
+    m = LSTM(3, 4, rng=np.random.default_rng(0))
+    x = rand(2, 5, 3, seed=1)
+
+    def loss(m):
+        out, _ = m(x)
+        return np.sum(out**2)
+
+    _, grads = ad.grad(loss, m)
+    assert len(calls) == 1  # weight_ih, weight_hh, bias_ih, bias_hh share one loop
+    names = {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"}
+    assert {path[0] for path in grads[0]} >= names
+    del grads
+    gc.collect()
+    assert recurrence_ops._MEMO == {}
