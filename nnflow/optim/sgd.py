@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backend import get_array_module
 from .optimizer import Optimizer, zeros_like
 
 __all__ = ["SGD"]
@@ -74,6 +75,7 @@ class SGD(Optimizer):
 
     def update(self, param: Any, grad: Any, state: dict[str, Any], hp: dict[str, Any]) -> None:
         lr, momentum, weight_decay = hp["lr"], hp["momentum"], hp["weight_decay"]
+        xp = get_array_module(param)
         if weight_decay:
             grad = grad + weight_decay * param
         if momentum:
@@ -82,6 +84,10 @@ class SGD(Optimizer):
                 buf[...] = grad
             else:
                 buf *= momentum
-                buf += (1 - hp["dampening"]) * grad
+                if hp["dampening"]:
+                    buf += xp.multiply(grad, 1 - hp["dampening"], out=self.scratch_like(buf))
+                else:
+                    buf += grad
             grad = grad + momentum * buf if hp["nesterov"] else buf
-        param -= lr * grad
+        # param -= lr * grad, without allocating lr * grad (torch's param.add_(grad, alpha=-lr))
+        param -= xp.multiply(grad, lr, out=self.scratch_like(param))

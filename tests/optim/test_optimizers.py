@@ -276,6 +276,27 @@ def test_adam_allocates_only_temporaries():
     assert before == after
 
 
+def test_sgd_step_allocates_no_parameter_sized_temporary():
+    """``param -= lr * grad`` would allocate ``lr * grad`` every step; SGD reuses one buffer
+    (shared by parameters of one shape, so both must still get their own update)."""
+    import tracemalloc
+
+    params = {"a": np.ones((256, 256)), "b": np.full((256, 256), 2.0)}
+    grads = {("a",): np.full((256, 256), 3.0), ("b",): np.full((256, 256), 5.0)}
+    opt = SGD(params, lr=0.5, momentum=0.9)
+    opt.step(grads)  # the first step makes the momentum buffers and the scratch
+    tracemalloc.start()
+    try:
+        opt.step(grads)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 256 * 8 // 4  # well under one 512 KiB parameter-sized array
+    # momentum buffer after two steps: 0.9 g + g = 1.9 g; p = p0 - 0.5 (g + 1.9 g)
+    np.testing.assert_allclose(params["a"], 1 - 0.5 * 2.9 * 3.0)
+    np.testing.assert_allclose(params["b"], 2 - 0.5 * 2.9 * 5.0)
+
+
 def test_state_template_and_to():
     params = {"w": np.zeros((2, 2), np.float32)}
     opt = RMSProp(params, momentum=0.9, centered=True)
