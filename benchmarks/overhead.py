@@ -71,15 +71,22 @@ from benchmarks.workloads.chain import CYCLE, X0, chain_source, make_chain  # no
 __all__ = ["CYCLE", "X0", "chain_source", "make_chain", "wait_for_quiet", "main"]
 
 #: Every system, in table order; "numpy" is the forward-only baseline.
-SYSTEMS = ("numpy", "nnflow", "torch", "autograd")
+SYSTEMS = ("numpy", "nnflow", "nnflow-compiled", "torch", "autograd")
 LABELS = {
     "numpy": "numpy (forward only)",
     "nnflow": "nnflow ad.grad",
+    "nnflow-compiled": "nnflow compile_grad",
     "torch": "torch eager",
     "autograd": "HIPS autograd",
 }
 #: The module each system needs (None: always available).
-REQUIRES = {"numpy": None, "nnflow": None, "torch": "torch", "autograd": "autograd"}
+REQUIRES = {
+    "numpy": None,
+    "nnflow": None,
+    "nnflow-compiled": None,
+    "torch": "torch",
+    "autograd": "autograd",
+}
 
 #: Timed blocks per round; a round reports its fastest block.
 BLOCKS = 5
@@ -97,18 +104,19 @@ def _setup(system: str, ops: int, threads: int):
     if system == "numpy":
         f = make_chain(np, ops)
         return (lambda: f(x0)), (lambda: (float(f(x0)), None)), np.__version__
-    if system == "nnflow":
+    if system in ("nnflow", "nnflow-compiled"):
         sys.path.insert(0, str(ROOT))
         import nnflow
         from nnflow import ad
 
         f = make_chain(np, ops)
+        grad = ad.compile_grad(f) if system == "nnflow-compiled" else (lambda x: ad.grad(f, x))
 
         def check():
-            value, g = ad.grad(f, x0)
+            value, g = grad(x0)
             return float(value), np.asarray(g[0], dtype=np.float64)
 
-        return (lambda: ad.grad(f, x0)), check, getattr(nnflow, "__version__", "checkout")
+        return (lambda: grad(x0)), check, getattr(nnflow, "__version__", "checkout")
     if system == "torch":
         import torch
 
@@ -315,6 +323,31 @@ def table(medians: dict, runs: dict) -> list[str]:
     return lines
 
 
+def chain_target(medians: dict) -> str:
+    """The compiled-tapes issue's verdict on the compiled chain: below 1.7 µs/op, at most 3x
+    the bare NumPy forward calls and 2.5x faster than torch eager.
+
+    >>> line = chain_target({"numpy": 0.6, "nnflow-compiled": 1.2, "torch": 4.0})
+    >>> for part in line.split("; "):
+    ...     print(part)
+    issue 3 target, compiled chain 1.20 µs/op: < 1.7 µs/op yes
+    <= 3x numpy fwd yes (2.00x)
+    2.5x faster than torch eager yes (3.33x)
+    """
+    c = medians.get("nnflow-compiled")
+    if c is None:
+        return "issue 3 target: not measured (add nnflow-compiled to --systems)"
+    parts = [f"< 1.7 µs/op {'yes' if c < 1.7 else 'NO'}"]
+    if medians.get("numpy"):
+        ratio = c / medians["numpy"]
+        parts.append(f"<= 3x numpy fwd {'yes' if ratio <= 3 else 'NO'} ({ratio:.2f}x)")
+    if medians.get("torch"):
+        speedup = medians["torch"] / c
+        ok = "yes" if speedup >= 2.5 else "NO"
+        parts.append(f"2.5x faster than torch eager {ok} ({speedup:.2f}x)")
+    return f"issue 3 target, compiled chain {c:.2f} µs/op: " + "; ".join(parts)
+
+
 def main(argv=None) -> int:
     """Entry point: parse options, check agreement, time the rounds, print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -420,6 +453,7 @@ def main(argv=None) -> int:
         verdicts.append(f"<= HIPS autograd: {'yes' if nn <= medians['autograd'] else 'NO'}")
     if verdicts:
         print("issue 2 target, nnflow per-op cost " + "; ".join(verdicts))
+    print(chain_target(medians))
 
     if args.json:
         out = {

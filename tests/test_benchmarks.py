@@ -47,6 +47,9 @@ def test_overhead_runs():
     row = re.search(r"^nnflow ad\.grad\s+(\d+\.\d+)\s", out, re.MULTILINE)
     assert row is not None, out
     assert float(row.group(1)) > 0
+    compiled = re.search(r"^nnflow compile_grad\s+(\d+\.\d+)\s", out, re.MULTILINE)
+    assert compiled is not None and float(compiled.group(1)) > 0, out
+    assert "issue 3 target, compiled chain" in out and "<= 3x numpy fwd" in out, out
 
 
 def _env() -> dict:
