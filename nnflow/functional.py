@@ -57,13 +57,19 @@ def identity(x: Array) -> Array:
 
 
 @ad.primitive
-def relu(x: Array) -> Array:
+def relu(x: Array, out: Array | None = None) -> Array:
     """``max(x, 0)``; its derivative is 0 at 0 (as PyTorch's).
+
+    ``out`` (like a ufunc's, and it may be ``x`` itself) is what a compiled tape passes so the
+    result goes into a planned buffer instead of a new array.
 
     >>> relu(np.array([-2.0, 0.0, 3.0])).tolist()
     [0.0, 0.0, 3.0]
     """
-    return get_array_module(x).maximum(x, 0)
+    return get_array_module(x).maximum(x, 0, out=out)
+
+
+relu.__nnflow_out_kind__ = "elementwise"  # the memory planner may hand it a buffer (or x)
 
 
 @ad.diffrule(relu, "x")

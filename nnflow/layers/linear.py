@@ -16,6 +16,7 @@ import numpy as np
 from .. import ad
 from .. import init as initializers
 from ..ad.rules import Case, register_cases
+from ..backend import get_array_module
 from ..functional import get_activation
 from .model import Model, check_features
 
@@ -23,8 +24,11 @@ __all__ = ["linear", "Linear"]
 
 
 @ad.primitive
-def linear(x: Any, weight: Any, bias: Any = None) -> Any:
+def linear(x: Any, weight: Any, bias: Any = None, *, out: Any = None) -> Any:
     """``x @ weight.T + bias`` for ``x`` of shape ``(..., in)`` and ``weight`` ``(out, in)``.
+
+    ``out`` (an array of the result's shape and dtype, not overlapping the inputs) is what a
+    compiled tape passes so the result goes into a planned buffer instead of a new array.
 
     >>> linear(np.ones((2, 3)), np.ones((4, 3)), np.zeros(4)).shape
     (2, 4)
@@ -32,11 +36,19 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Any:
     if x.ndim > 2:  # one GEMM over all leading axes (matmul would loop over them)
         y = x.reshape(-1, x.shape[-1]) @ weight.T
         y = y.reshape(x.shape[:-1] + (weight.shape[0],))
+        if out is not None:
+            out[...] = y
+            y = out
+    elif out is not None:
+        y = get_array_module(x).matmul(x, weight.T, out=out)
     else:
         y = x @ weight.T
     if bias is not None:
         y += bias
     return y
+
+
+linear.__nnflow_out_kind__ = "out"  # the memory planner may hand it a buffer
 
 
 def _linear_dx(dy, y, x, weight, bias=None):

@@ -100,3 +100,54 @@ def test_benchmark_models_compile(name):
     v2, g2 = ad.grad(loss, model, x, target, wrt=(0,))
     assert float(v1) == pytest.approx(float(v2), rel=1e-12)
     assert_same(g1[0], g2[0])
+
+
+def test_linear_and_relu_write_into_planned_buffers_and_stay_exact():
+    """A compiled MLP step hands ``linear`` an ``out=`` buffer and lets ``relu`` overwrite its
+    input; values and gradients must equal eager ones on every call (buffers are reused, so a
+    second call with other data catches a stale or aliased buffer), and the step must allocate
+    less than the activations it no longer allocates."""
+    import tracemalloc
+
+    from nnflow.functional import relu
+    from nnflow.layers.linear import linear
+
+    model = Chain(
+        Linear(64, 128, activation="relu", rng=0, **F64),
+        Linear(128, 32, activation="relu", rng=1, **F64),
+        Linear(32, 10, rng=2, **F64),
+    )
+
+    def loss(m, x, y):
+        return losses.cross_entropy(m(x), y)
+
+    compiled = ad.compile_grad(loss, wrt=(0,))
+    rng = np.random.default_rng(3)
+    batches = [(rng.standard_normal((256, 64)), rng.integers(0, 10, 256)) for _ in range(3)]
+    source = compiled.source(model, *batches[0])
+    assert "linear(a1, v1, v2, out=B" in source, source
+    assert " in place" in source.split("relu(", 1)[1].split("\n", 1)[0], source
+    for x, y in batches:
+        value, grads = compiled(model, x, y)
+        want_value, want = ad.grad(loss, model, x, y, wrt=(0,))
+        np.testing.assert_allclose(value, want_value, rtol=1e-12)
+        assert_same(grads[0], want[0])
+    tracemalloc.start()
+    try:
+        compiled(model, *batches[0])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    activations = 256 * (128 + 32) * 8 * 2  # the linear outputs and relu results, float64
+    assert peak < activations, peak
+
+    # the keyword itself, outside a tape: the same numbers as without it
+    x, w, b = rng.standard_normal((4, 5, 3)), rng.standard_normal((2, 3)), np.ones(2)
+    out = np.empty((4, 5, 2))
+    assert linear(x, w, b, out=out) is out
+    np.testing.assert_allclose(out, x @ w.T + b, rtol=1e-13)
+    out2 = np.empty((5, 2))
+    assert linear(x[0], w, None, out=out2) is out2
+    np.testing.assert_allclose(out2, x[0] @ w.T, rtol=1e-13)
+    z = np.array([-1.0, 0.0, 2.0])
+    assert relu(z, z) is z and z.tolist() == [0.0, 0.0, 2.0]
