@@ -153,13 +153,18 @@ def test_mid_epoch_checkpoint_resumes_only_on_as_many_ranks(tmp_path):
 
 # -- two ranks under mpirun ----------------------------------------------------------------------
 @functools.cache
-def _mpirun() -> tuple[list[str], str]:
-    """The mpirun command line for 2 local ranks, or ``([], why not)``."""
+def _mpirun() -> tuple[list[str], str, bool]:
+    """The mpirun command line for 2 local ranks, or ``([], why not, broken)``: ``broken`` when
+    MPI and mpi4py are both installed but cannot start 2 ranks (a failure, not a skip)."""
     mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
     if mpirun is None:
-        return [], "no mpirun on PATH (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev)"
+        return (
+            [],
+            "no mpirun on PATH (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev)",
+            False,
+        )
     if importlib.util.find_spec("mpi4py") is None:
-        return [], "mpi4py is not installed (pip install 'nnflow[dist]')"
+        return [], "mpi4py is not installed (pip install 'nnflow[dist]')", False
     version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
     command = [mpirun, "-n", "2"]
     if "Open MPI" in version or "OpenRTE" in version:
@@ -175,11 +180,11 @@ def _mpirun() -> tuple[list[str], str]:
             env=_env(),
         )
     except subprocess.TimeoutExpired:
-        return [], f"'{' '.join(command)}' did not start 2 ranks within 60 s"
+        return [], f"'{' '.join(command)}' did not start 2 ranks within 60 s", True
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip()[-600:]
-        return [], f"MPI cannot start 2 ranks here ({' '.join(command)}): {tail}"
-    return command, ""
+        return [], f"MPI cannot start 2 ranks here ({' '.join(command)}): {tail}", True
+    return command, "", False
 
 
 def _env(**extra: str) -> dict:
@@ -190,7 +195,9 @@ def _env(**extra: str) -> dict:
 
 @pytest.fixture
 def mpirun():
-    command, why = _mpirun()
+    command, why, broken = _mpirun()
+    if broken:  # MPI and mpi4py are installed: not starting is a failure to see, not a skip
+        pytest.fail(why)
     if not command:
         pytest.skip(why)
     return command
