@@ -61,6 +61,9 @@ UNIT = _Unit()
 UNIT_RULES: set = set()
 #: Reduction rules whose cotangent for ``UNIT`` is ``UNIT`` again (ones of the argument).
 UNIT_REDUCTIONS: set = set()
+# The index of ``where`` in ``np.sum(a, axis, dtype, out, keepdims, initial, where)``: a sum
+# with more positional arguments than this is masked, and does not hand ``UNIT`` on.
+_WHERE_POSITION = 6
 
 
 def sum_to_shape(g, shape: tuple):
@@ -199,8 +202,8 @@ def backward(tape: Tape, output: Node, seed, stop: int | None = None) -> dict[in
                 continue
             g = None
             if unit:
-                if rule in UNIT_REDUCTIONS and loc == (0,) and len(node.args) < 7:
-                    g = UNIT if "where" not in node.kwargs else None
+                if rule in UNIT_REDUCTIONS and loc == (0,) and len(node.args) <= _WHERE_POSITION:
+                    g = UNIT if "where" not in node.kwargs else None  # masked: real ones
                 elif rule in UNIT_RULES and element is None and not node.kwargs:
                     g = _unit_cotangent(rule, node, parent)
                 if g is None:
