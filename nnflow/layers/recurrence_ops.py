@@ -22,13 +22,15 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     activations cached in ``ws``. So the workspace never receives a cotangent and no
     full-size zero cotangent is ever built for it.
 ``packed = lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)``
-    the reverse time loop on raw arrays: ``(4H, (T + 1) N)``, the cotangents of the gate
-    pre-activations of every step (columns ``t N .. (t + 1) N``, PyTorch's gate order) and,
-    in the last ``N`` columns, the cotangent of ``c0`` (rows ``:H``; the other rows zero). Per
-    step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over ``(H, N)`` or
-    ``(4H, N)`` buffers that stay in cache. Everything else is one GEMM each after the loop,
+    the reverse time loop on raw arrays: ``((T + 1) N, 4H)``, the cotangents of the gate
+    pre-activations of every step (rows ``t N .. (t + 1) N``, PyTorch's gate order in the
+    columns) and, in the last ``N`` rows, the cotangent of ``c0`` (columns ``:H``; the
+    others zero). Per step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over
+    ``(H, N)`` or ``(4H, N)`` buffers that stay in cache, or, when Numba is installed, one
+    kernel (:mod:`nnflow.layers.lstm_kernels`) for those 14 calls and the step's share of the
+    transposing copy into the output. Everything else is one GEMM each after the loop,
     written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``[dW_hh | dW_ih | db]
-    = dz [h_{t-1}; x_t; 1]^T`` in one, read from ``ws``; ``dx = dz^T W_ih``; ``dh0``), so a
+    = dz^T [h_{t-1}; x_t; 1]`` in one, read from ``ws``; ``dx = dz W_ih``; ``dh0``), so a
     compiled step drops those it does not need (``dx`` of the data) and merges the repeated
     ``lstm_layer_backward`` calls (CSE); ``ad.grad`` reuses that call's result across the
     node's rules (a memo hung off the workspace by a weak reference, freed with it).
@@ -55,6 +57,7 @@ import numpy as np
 from .. import ad
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
+from .lstm_kernels import GATES_BACKWARD, GATES_FORWARD
 
 __all__ = ["lstm_layer", "lstm_outputs", "lstm_layer_backward"]
 
@@ -102,23 +105,27 @@ def lstm_layer(*arrays):
     ws[steps, hidden : k - 1] = 0
     ws[steps, k:] = 0
     tmp = xp.empty((hidden, n), dtype=dtype)
-    c_prev = xp.transpose(c0)
+    c_prev = xp.ascontiguousarray(xp.transpose(c0))
+    fused = GATES_FORWARD.get(ws)  # the gate arithmetic in one Numba pass, when available
     matmul, tanh, multiply, add = xp.matmul, xp.tanh, xp.multiply, xp.add
     for t in range(steps):
         block = ws[t]
         act = block[k + hh :]
         matmul(w, block[:k], out=act)
         tanh(act, act)
-        sig = act[:hh]  # i, f: sigmoid from tanh(z / 2)
-        multiply(sig, 0.5, sig)
-        add(sig, 0.5, sig)
         o = act[3 * hidden :]
-        multiply(o, 0.5, o)
-        add(o, 0.5, o)
         c = block[k : k + hidden]
-        multiply(act[hidden:hh], c_prev, c)
-        multiply(act[:hidden], act[hh : 3 * hidden], tmp)
-        add(c, tmp, c)
+        if fused is not None:
+            fused(act, c_prev, c, ws.dtype.type(0.5))
+        else:
+            sig = act[:hh]  # i, f: sigmoid from tanh(z / 2)
+            multiply(sig, 0.5, sig)
+            add(sig, 0.5, sig)
+            multiply(o, 0.5, o)
+            add(o, 0.5, o)
+            multiply(act[hidden:hh], c_prev, c)
+            multiply(act[:hidden], act[hh : 3 * hidden], tmp)
+            add(c, tmp, c)
         tc = block[k + hidden : k + hh]
         tanh(c, tc)
         multiply(tc, o, ws[t + 1, :hidden])
@@ -147,19 +154,22 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     """Backpropagation through time: the cotangents of the gate pre-activations.
 
     ``dy`` is the cotangent of ``lstm_outputs(ws, x, ...)`` ``(T + 1, N, H)``. Returns
-    ``(4H, (T + 1) N)``: columns ``t N .. (t + 1) N`` hold step ``t``'s ``dz`` (gates i, f,
-    g, o), the last ``N`` columns the cotangent of ``c0`` transposed (rows ``:H``, then
-    zeros).
+    ``((T + 1) N, 4H)``: rows ``t N .. (t + 1) N`` hold step ``t``'s ``dz`` (columns: gates
+    i, f, g, o), the last ``N`` rows the cotangent of ``c0`` (columns ``:H``, then zeros).
     """
     xp = get_array_module(ws)
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
     hh = 2 * hidden
     dtype = ws.dtype
-    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous: see below
     dyh = xp.empty((steps, hidden, n), dtype=dtype)
     dyh[...] = xp.transpose(dy[:steps], (0, 2, 1))
     dc = xp.empty((hidden, n), dtype=dtype)
     dc[...] = xp.transpose(dy[steps])
+    c0_t = xp.transpose(c0)
+    fused = GATES_BACKWARD.get(ws, dy)  # the step's 14 calls below in one Numba pass
+    if fused is not None:
+        return _backward_fused(fused, dyh, dc, ws, c0_t, weight_hh, hidden, k)
+    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous: see below
     u = xp.empty((hidden, n), dtype=dtype)
     s = xp.empty((4 * hidden, n), dtype=dtype)
     m = xp.empty((4 * hidden, n), dtype=dtype)
@@ -167,7 +177,6 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     m_ig = m4[0:3:2]  # the rows of gates i and g, filled by one multiply with [g, i]
     s_g = s[hh : 3 * hidden]
     w_t = xp.transpose(weight_hh)
-    c0_t = xp.transpose(c0)
     g_and_i = ws[:, k + hh :].reshape(steps + 1, 4, hidden, n)[:, 2::-2]  # per step [g, i]
     matmul, multiply, add, subtract = xp.matmul, xp.multiply, xp.add, xp.subtract
     for t in range(steps - 1, -1, -1):
@@ -195,12 +204,39 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
         multiply(dc, ws[t - 1, k : k + hidden] if t else c0_t, m[hidden:hh])
         multiply(dh, tc, m[3 * hidden :])
         multiply(m, s, dz[t])
-    # one transposing copy into the (4H, T N) layout of the weight gradients' GEMMs: writing
-    # each step's (4H, N) block straight into it (rows (T + 1) N apart) cost ~8x more
-    out = xp.empty((4 * hidden, (steps + 1) * n), dtype=dtype)
-    out[:, : steps * n].reshape(4 * hidden, steps, n)[...] = xp.transpose(dz, (1, 0, 2))
-    multiply(dc, ws[0, k + 3 * hidden : k + 4 * hidden], out[:hidden, steps * n :])  # f_0
-    out[hidden:, steps * n :] = 0
+    # one transposing copy into the (T N, 4H) layout of the weight gradients' GEMMs
+    out = xp.empty(((steps + 1) * n, 4 * hidden), dtype=dtype)
+    out[: steps * n].reshape(steps, n, 4 * hidden)[...] = xp.transpose(dz, (0, 2, 1))
+    _pack_dc0(xp, out, dc, ws, hidden, k)
+    return out
+
+
+def _pack_dc0(xp, out, dc, ws, hidden, k):
+    """The last ``N`` rows of the packed output: ``dc_0 f_0`` (transposed), then zeros."""
+    steps_n = out.shape[0] - dc.shape[1]
+    out[steps_n:, :hidden] = xp.transpose(dc * ws[0, k + 3 * hidden : k + 4 * hidden])  # f_0
+    out[steps_n:, hidden:] = 0
+
+
+def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, hidden, k):
+    """The loop of ``lstm_layer_backward`` with each step's gate arithmetic in one Numba
+    kernel, which also writes the step's ``dz`` into the packed output (no copy after)."""
+    steps, _, n = dyh.shape
+    dtype = ws.dtype
+    out = np.empty(((steps + 1) * n, 4 * hidden), dtype=dtype)
+    dz = np.empty((4 * hidden, n), dtype=dtype)  # the current step's, stays in cache
+    u = np.zeros((hidden, n), dtype=dtype)  # the last step: no W_hh^T dz_{t+1}, no f_{t+1}
+    f_next = np.ones_like(u)
+    c_prev0, w_t, one = np.ascontiguousarray(c0_t), np.transpose(weight_hh), dtype.type(1)
+    for t in range(steps - 1, -1, -1):
+        block = ws[t]
+        if t < steps - 1:
+            np.matmul(w_t, dz, out=u)
+            f_next = ws[t + 1, k + 3 * hidden : k + 4 * hidden]
+        c_prev = ws[t - 1, k : k + hidden] if t else c_prev0
+        tc, act = block[k + hidden : k + 2 * hidden], block[k + 2 * hidden :]
+        kernel(dyh[t], u, dc, f_next, act, tc, c_prev, dz, out, t * n, one)
+    _pack_dc0(np, out, dc, ws, hidden, k)
     return out
 
 
@@ -241,9 +277,9 @@ def _once(kind, fn, args):
 
 
 def _dz(*args):
-    """The gate cotangents ``(4H, T N)`` of every step (args: those of the backward)."""
+    """The gate cotangents ``(T N, 4H)`` of every step (args: those of the backward)."""
     steps, n = np.shape(args[2])[:2]
-    return _once("backward", lstm_layer_backward, args)[:, : steps * n]
+    return _once("backward", lstm_layer_backward, args)[: steps * n]
 
 
 def _stacked_weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
@@ -251,7 +287,7 @@ def _stacked_weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
     operands ``[h_{t-1}; x_t; 1]``, read from the workspace."""
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
     operands = np.reshape(np.transpose(ws[:steps, :k], (0, 2, 1)), (steps * n, k))
-    return _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias) @ operands
+    return np.transpose(_dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)) @ operands
 
 
 def _weight_grads(*args):
@@ -261,13 +297,13 @@ def _weight_grads(*args):
 @ad.diffrule(lstm_outputs, "x")
 def _outputs_dx(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return np.reshape(np.transpose(dz) @ weight_ih, np.shape(x))
+    return np.reshape(dz @ weight_ih, np.shape(x))
 
 
 @ad.diffrule(lstm_outputs, "h0")
 def _outputs_dh0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return np.transpose(dz[:, : np.shape(h0)[0]]) @ weight_hh
+    return dz[: np.shape(h0)[0]] @ weight_hh
 
 
 @ad.diffrule(lstm_outputs, "c0")
@@ -275,7 +311,7 @@ def _outputs_dc0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     args = (dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
     steps, n = np.shape(x)[:2]
     packed = _once("backward", lstm_layer_backward, args)
-    return np.transpose(packed[: np.shape(weight_hh)[1], steps * n :])
+    return packed[steps * n :, : np.shape(weight_hh)[1]]
 
 
 @ad.diffrule(lstm_outputs, "weight_ih")
@@ -355,9 +391,9 @@ def _reference_backward(dy, x, h0, c0, weight_ih, weight_hh, bias):
     gx = _projection(x, weight_ih, bias)
     _, back = ad.vjp(lambda gx, c0: _outputs_from_gx(gx, h0, c0, weight_hh), gx, c0)
     d_gx, d_c0 = back(dy)
-    dz = np.reshape(np.transpose(d_gx, (1, 0, 2)), (4 * hidden, steps * n))
-    tail = np.concatenate([np.transpose(d_c0), np.zeros((3 * hidden, n), x.dtype)], axis=0)
-    return np.concatenate([dz, tail], axis=1)
+    dz = np.reshape(np.transpose(d_gx, (0, 2, 1)), (steps * n, 4 * hidden))
+    tail = np.concatenate([d_c0, np.zeros((n, 3 * hidden), x.dtype)], axis=1)
+    return np.concatenate([dz, tail], axis=0)
 
 
 @ad.diffrule(lstm_layer, "arrays")

@@ -1,0 +1,98 @@
+"""Optional CPU kernels compiled by Numba: the CPU counterpart of the GPU's kernel fusion.
+
+NumPy runs one ufunc call per operation. For arrays of a few thousand entries (an LSTM's
+gates for one time step, batch 32, hidden 128) a call costs more in dispatch and in memory
+passes than in arithmetic: one step of the LSTM's backward pass is ~15 such calls. On the GPU
+the compiled tape fuses such chains into CuPy ``ElementwiseKernel``s; on the CPU a handful of
+hot loops are also written as plain Python loops over scalars that Numba compiles (one pass,
+no temporaries), and the primitives call them when they can:
+
+- Numba is **optional** (``pip install 'nnflow[fast]'``). Without it every primitive runs its
+  NumPy formulation, which computes the same values (the tests run both and compare them).
+- ``NNFLOW_NUMBA=0`` in the environment turns the kernels off, read at each call (for
+  comparisons, and for the tests of the NumPy path).
+- Only NumPy arrays go to a kernel; CuPy arrays (and anything else) take the array-module path.
+- The kernels compile on first use per dtype signature (about a second each) and are cached on
+  disk by Numba (``cache=True``: ``__pycache__`` beside this package, or Numba's user cache).
+
+Why Numba and not a C extension: it is the well-kept, widely installed library for exactly
+this (compiled loops over NumPy arrays), has wheels for every platform NumPy has, and keeps
+nnflow a pure-Python package with nothing to build. Transcendental functions stay in NumPy
+(its ``tanh``/``exp`` are SIMD-vectorised; Numba's scalar calls into libm are ~10x slower), so
+a kernel fuses the arithmetic between them.
+
+>>> def axpy(a, x, y):  # y += a * x, over a 1-d array
+...     for i in range(x.shape[0]):
+...         y[i] += a * x[i]
+>>> AXPY = Kernel(axpy, cache=False)  # a function with no source file: no disk cache
+>>> y = np.zeros(3)
+>>> (AXPY.get(y) or axpy)(2.0, np.ones(3), y)
+>>> y.tolist()
+[2.0, 2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Kernel", "numba_available", "enabled"]
+
+
+@functools.cache
+def _load_numba() -> ModuleType | None:
+    """Import Numba once (``None`` when it is not installed or cannot load)."""
+    try:
+        import numba
+    except Exception:  # not installed, or an incompatible build: the NumPy path runs
+        return None
+    return numba
+
+
+def numba_available() -> bool:
+    """Whether Numba can be imported (whatever ``NNFLOW_NUMBA`` says).
+
+    >>> isinstance(numba_available(), bool)
+    True
+    """
+    return _load_numba() is not None
+
+
+def enabled() -> bool:
+    """Whether the kernels run now: Numba is importable and ``NNFLOW_NUMBA`` is not ``"0"``.
+
+    >>> isinstance(enabled(), bool)
+    True
+    """
+    return os.environ.get("NNFLOW_NUMBA", "1") != "0" and numba_available()
+
+
+class Kernel:
+    """A Python loop function compiled by Numba on first use (``njit``, ``cache=True``).
+
+    ``kernel.get(*arrays)`` is the compiled function when the kernels are :func:`enabled` and
+    every array given is a NumPy array, else ``None`` (the caller runs its NumPy path).
+
+    >>> Kernel(lambda x: x).get([1.0]) is None  # not a NumPy array
+    True
+    """
+
+    def __init__(self, fn: Callable[..., Any], cache: bool = True):
+        self.fn, self.cache = fn, cache
+        self.__doc__ = fn.__doc__
+
+    @functools.cached_property
+    def compiled(self) -> Callable[..., Any]:
+        """The Numba-compiled function (compiled per signature on its first call)."""
+        return _load_numba().njit(cache=self.cache, nogil=True)(self.fn)
+
+    def get(self, *arrays: Any) -> Callable[..., Any] | None:
+        """The compiled kernel if it may run on these arrays, else ``None``."""
+        if not enabled() or any(type(a) is not np.ndarray for a in arrays):
+            return None
+        return self.compiled
