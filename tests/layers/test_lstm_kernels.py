@@ -1,0 +1,116 @@
+"""The optional Numba kernels (nnflow.jit) and the LSTM's use of them.
+
+The LSTM primitives run either their NumPy formulation or, with Numba, one kernel per time
+step for the gate arithmetic; both must give the same values (the kernels follow the NumPy
+formulas term for term, so float64 agrees to the last bits and float32 to an ulp or two), the
+same layout, and the same gradients. The NumPy half of each comparison always runs; the Numba
+half needs Numba (in the ``test`` extra), and is skipped, saying so, only where it is missing.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from nnflow import ad, jit
+from nnflow.layers import LSTM, lstm_kernels, recurrence_ops
+
+needs_numba = pytest.mark.skipif(
+    not jit.numba_available(), reason="numba is not installed (pip install 'nnflow[fast]')"
+)
+
+
+def _args(steps=5, n=3, inputs=4, hidden=6, dtype=np.float64, bias=True, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(steps, n, inputs), (n, hidden), (n, hidden), (4 * hidden, inputs),
+              (4 * hidden, hidden), (4 * hidden,)]  # fmt: skip
+    args = [rng.normal(size=s).astype(dtype) for s in shapes]
+    if not bias:
+        args[-1] = None
+    dy = rng.normal(size=(steps + 1, n, hidden)).astype(dtype)
+    return tuple(args), dy
+
+
+def _run(monkeypatch, flag, args, dy):
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    ws = recurrence_ops.lstm_layer(*args)
+    return ws, recurrence_ops.lstm_layer_backward(dy, ws, *args)
+
+
+def test_numba_switch_reads_the_environment_at_each_call(monkeypatch):
+    kernel = jit.Kernel(lambda a: a)
+    monkeypatch.setenv("NNFLOW_NUMBA", "0")
+    assert not jit.enabled()
+    assert kernel.get(np.zeros(2)) is None
+    monkeypatch.setenv("NNFLOW_NUMBA", "1")
+    assert jit.enabled() == jit.numba_available()
+    assert kernel.get([0.0]) is None  # not a NumPy array: never to a kernel
+    assert (kernel.get(np.zeros(2)) is not None) == jit.numba_available()
+
+
+@needs_numba
+def test_docstring_examples_run_compiled():
+    for module in (jit, lstm_kernels):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernels_and_numpy_path_agree(monkeypatch, dtype, bias):
+    args, dy = _args(dtype=dtype, bias=bias)
+    ws0, packed0 = _run(monkeypatch, "0", args, dy)
+    ws1, packed1 = _run(monkeypatch, "1", args, dy)
+    assert ws1.dtype == ws0.dtype == dtype and packed1.dtype == dtype
+    assert packed1.shape == packed0.shape == ((5 + 1) * 3, 4 * 6)
+    tol = {"rtol": 1e-13, "atol": 1e-14} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(ws1, ws0, **tol)
+    np.testing.assert_allclose(packed1, packed0, **tol)
+
+
+@pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
+def test_each_path_matches_the_traced_reference(monkeypatch, flag):
+    """The packed layout ((T + 1) N, 4H) of either path is the reference's, value for value."""
+    args, dy = _args(steps=4, n=2, inputs=3, hidden=5)
+    ws, packed = _run(monkeypatch, flag, args, dy)
+    np.testing.assert_allclose(ws, recurrence_ops._reference_workspace(*args), rtol=1e-13)
+    np.testing.assert_allclose(
+        packed, recurrence_ops._reference_backward(dy, *args), rtol=1e-12, atol=1e-14
+    )
+
+
+@pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
+def test_layer_gradients_by_finite_differences_on_each_path(monkeypatch, flag):
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    lstm = LSTM(3, 4, rng=0, dtype=np.float64)
+    x = np.random.default_rng(1).normal(size=(2, 5, 3))
+    h0 = np.random.default_rng(2).normal(size=(1, 2, 4))
+    c0 = np.random.default_rng(3).normal(size=(1, 2, 4))
+
+    def loss(m, x, h0, c0):
+        out, (h, c) = m(x, (h0, c0))
+        return np.sum(out * np.linspace(-1, 1, 4)) + np.sum(np.sin(c))
+
+    ad.gradcheck(loss, lstm, x, h0, c0)
+
+
+@needs_numba
+def test_the_kernels_run_when_numba_is_there(monkeypatch):
+    """With Numba enabled the loops call the kernels (once per step), not the NumPy calls."""
+    calls = {"forward": 0, "backward": 0}
+    for name, key in (("GATES_FORWARD", "forward"), ("GATES_BACKWARD", "backward")):
+        compiled = getattr(recurrence_ops, name).compiled
+
+        def counting(*a, compiled=compiled, key=key):
+            calls[key] += 1
+            return compiled(*a)
+
+        fake = jit.Kernel(compiled)
+        monkeypatch.setattr(fake, "get", lambda *arrays, f=counting: f)
+        monkeypatch.setattr(recurrence_ops, name, fake)
+    args, dy = _args(steps=7)
+    _run(monkeypatch, "1", args, dy)
+    assert calls == {"forward": 7, "backward": 7}
