@@ -191,8 +191,15 @@ def versions(system: str) -> str:
     package = {"torch": "torch", "jax": "jax", "autograd": "autograd"}.get(system)
     if system.startswith("nnflow"):
         import nnflow
+        from nnflow import jit
 
-        return f"nnflow {nnflow.__version__} (this checkout), numpy {np.__version__}"
+        kernels = "off (NNFLOW_NUMBA=0)" if jit.numba_available() else "off (not installed)"
+        if jit.enabled():
+            kernels = f"numba {version('numba')}"
+        return (
+            f"nnflow {nnflow.__version__} (this checkout), numpy {np.__version__}, "
+            f"CPU kernels {kernels}"
+        )
     if package is None:
         return f"numpy {np.__version__}"
     try:
