@@ -22,6 +22,17 @@ channel-major, every pass then reads its arrays in one order. The scatter hands 
 offsets in turn (``left``: what no earlier offset took), one compare, one multiply and one
 subtract per offset, instead of keeping a mask of the windows already taken.
 
+What runs when: with Numba (:mod:`nnflow.jit`; ``NNFLOW_NUMBA`` not ``"0"``), unpadded max
+pooling of NumPy arrays laid out NCHW or channel-major (C-contiguous, or C-contiguous once
+transposed to ``(C, N, H, W)``) runs kernels of :mod:`~nnflow.layers.pool_kernels` that do the
+same arithmetic in one pass (bitwise the same results and layout): ``max_pool2d`` for 2x2
+windows with stride 2 on even sizes (``MaxPool2d(2)``; other geometries keep ``np.maximum``,
+faster than a general kernel), ``max_pool2d_scatter`` for any unpadded geometry (a 2x2 one for
+that case). Padded pooling, other layouts, CuPy arrays, ``max_pool2d_gather`` and average
+pooling run the NumPy formulation above. In the ConvNet step of ``benchmarks/`` (batch 64, 32
+channels of 24x24, float32, 2 cores) the kernels take the forward from ~1.4 to ~0.7-0.9 ms and
+the scatter from ~4.3-5.9 to ~1.6-2.5 ms.
+
 >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), (2, 2), (2, 2), (0, 0))[0, 0].tolist()
 [[5.0, 7.0], [13.0, 15.0]]
 """
@@ -35,6 +46,7 @@ import numpy as np
 from .. import ad
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
+from .pool_kernels import MAX_POOL_2X2, MAX_POOL_SCATTER, MAX_POOL_SCATTER_2X2
 
 __all__ = [
     "max_pool2d",
@@ -88,6 +100,23 @@ def _winners(x, y, kernel, stride, padding):
         yield rows, cols, mask
 
 
+def _memory_order(x):
+    """The axis order in which ``x (N, C, H, W)`` is C-contiguous: ``(0, 1, 2, 3)`` or the
+    channel-major ``(1, 0, 2, 3)`` (the transpose is its own inverse); ``None`` otherwise."""
+    if x.flags.c_contiguous:
+        return (0, 1, 2, 3)
+    if x.transpose(1, 0, 2, 3).flags.c_contiguous:
+        return (1, 0, 2, 3)
+    return None
+
+
+def _tiles_2x2(shape, kernel, stride, padding) -> bool:
+    """Whether the windows are 2x2 with stride 2, unpadded, tiling an even-sized (non-empty)
+    input."""
+    k = tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and not any(padding)
+    return k and shape[2] % 2 == 0 and shape[3] % 2 == 0 and shape[3] > 0
+
+
 @ad.primitive
 def max_pool2d(x, kernel, stride, padding):
     """The maximum of each window (padding counts as ``-inf``).
@@ -96,6 +125,12 @@ def max_pool2d(x, kernel, stride, padding):
     (2, 3, 5, 5)
     """
     out = pool_output_size(x.shape, kernel, stride, padding)
+    fused = MAX_POOL_2X2.get(x) if _tiles_2x2(x.shape, kernel, stride, padding) else None
+    order = None if fused is None else _memory_order(x)
+    if order is not None:  # one pass (Numba), y laid out in memory as x is
+        y = np.empty(tuple(x.shape[a] for a in order[:2]) + out, x.dtype).transpose(order)
+        fused(x.transpose(order), y.transpose(order))
+        return y
     xp = get_array_module(x)
     padded = _pad(x, padding, -np.inf)
     views = [padded[:, :, rows, cols] for rows, cols in _offsets(kernel, stride, out)]
@@ -126,6 +161,18 @@ def max_pool2d_scatter(dy, x, y, kernel, stride, padding):
         dx = xp.empty_like(x, dtype=dy.dtype)
     else:
         dx = xp.zeros((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    fused = None
+    if not any(padding) and dy.shape == y.shape:
+        fused = MAX_POOL_SCATTER.get(dy, x, y)
+    order = None if fused is None else _memory_order(x)
+    if order is not None:  # one pass (Numba), the arithmetic below term for term
+        one = dx.dtype.type(1)
+        dy_, x_, y_, dx_ = (a.transpose(order) for a in (dy, x, y, dx))
+        if tiles and _tiles_2x2(x.shape, kernel, stride, padding) and y_.flags.c_contiguous:
+            MAX_POOL_SCATTER_2X2.compiled(dy_, x_, y_, dx_, one - one, one)
+        else:
+            fused(dy_, x_, y_, dx_, *kernel, *stride, tiles, one - one, one)
+        return dx
     padded = _pad(x, padding, -np.inf)
     offsets = list(_offsets(kernel, stride, out))
     # ``left``: dy where no earlier offset won yet; each offset takes it where it holds the
@@ -238,6 +285,7 @@ def _cases() -> list[Case]:
     cases = []
     for name, (shape, geo) in {
         "tiles": ((2, 2, 4, 6), ((2, 2), (2, 2), (0, 0))),
+        "overlap": ((2, 1, 5, 5), ((3, 3), (2, 2), (0, 0))),  # the general Numba scatter
         "overlap-pad": ((1, 2, 5, 5), ((3, 3), (2, 2), (1, 1))),
         "uneven": ((1, 1, 5, 7), ((2, 3), (1, 2), (1, 0))),
     }.items():
