@@ -4,7 +4,12 @@ Each works on NumPy and CuPy arrays (and on tracers) alike. Three are ``ad.primi
 their own derivative rules, because they are hot and their derivative reuses the output:
 ``relu`` (``dy * (y > 0)``, zero at 0 as in PyTorch), ``sigmoid`` (``dy * y * (1 - y)``) and
 ``erf`` (for the exact GELU; NumPy has no ``erf``, so it is computed here with Cephes'
-rational approximations, accurate to double precision). Everything else is a composition whose
+rational approximations, accurate to double precision). On NumPy arrays relu's derivative is
+itself a primitive, ``relu_grad(dy, y)`` (its rule w.r.t. ``dy`` is ``relu_grad`` again), and
+``relu``/``relu_grad`` run one Numba pass each (:mod:`nnflow.relu_kernels`, bitwise NumPy's
+results) when Numba is there (``NNFLOW_NUMBA``, see :mod:`nnflow.jit`) and the arrays are dense
+and laid out alike; on CuPy the rule stays ``dy * (y > 0)``, which a compiled GPU step fuses
+with its neighbours. Everything else is a composition whose
 derivative the tracer derives, and is numerically stable for extreme inputs (``softplus``,
 ``log_softmax``, ``sigmoid`` at +-1000 give finite, exact results).
 
@@ -23,10 +28,12 @@ import numpy as np
 from . import ad
 from .ad.rules import Case, register_cases
 from .backend import get_array_module
+from .relu_kernels import RELU_BACKWARD, RELU_FORWARD
 
 __all__ = [
     "identity",
     "relu",
+    "relu_grad",
     "leaky_relu",
     "elu",
     "selu",
@@ -66,15 +73,72 @@ def relu(x: Array, out: Array | None = None) -> Array:
     >>> relu(np.array([-2.0, 0.0, 3.0])).tolist()
     [0.0, 0.0, 3.0]
     """
-    return get_array_module(x).maximum(x, 0, out=out)
+    flat = _flat_alike(x, out)
+    fused = None if flat is None else RELU_FORWARD.get(x)
+    if fused is None:
+        return get_array_module(x).maximum(x, 0, out=out)
+    out = np.empty_like(x) if out is None else out  # (empty_like: laid out as x)
+    fused(flat(x), flat(out), x.dtype.type(0))
+    return out
 
 
 relu.__nnflow_out_kind__ = "elementwise"  # the memory planner may hand it a buffer (or x)
 
 
+@ad.primitive
+def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
+    """``dy * (y > 0)``: the gradient of ``relu`` given its output ``y`` (one Numba pass for
+    NumPy arrays laid out alike, when Numba is there; ``out`` as in :func:`relu`).
+
+    >>> relu_grad(np.array([3.0, 3.0]), np.array([0.0, 2.0])).tolist()
+    [0.0, 3.0]
+    """
+    flat = _flat_alike(dy, y, out)
+    fused = None if flat is None else RELU_BACKWARD.get(dy, y)
+    if fused is None:
+        xp = get_array_module(dy, y)
+        return dy * (y > 0) if out is None else xp.multiply(dy, y > 0, out=out)
+    out = np.empty_like(dy) if out is None else out
+    one = dy.dtype.type(1)
+    fused(flat(dy), flat(y), flat(out), one - one, one)
+    return out
+
+
+relu_grad.__nnflow_out_kind__ = "elementwise"
+
+
+def _flat_alike(*arrays):
+    """For NumPy float arrays of one shape and dtype, dense and laid out alike (``None``
+    entries skipped): a function giving each one's 1-d view in memory order; else ``None``."""
+    first = arrays[0]
+    if type(first) is not np.ndarray or first.dtype.kind != "f" or first.ndim == 0:
+        return None
+    order = tuple(np.argsort([-s for s in first.strides], kind="stable"))
+    for a in arrays:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or a.dtype != first.dtype:
+            return None
+        if a.shape != first.shape or a.strides != first.strides:
+            return None
+    if not first.transpose(order).flags.c_contiguous:
+        return None
+    return lambda a: a.transpose(order).reshape(-1)
+
+
 @ad.diffrule(relu, "x")
 def _relu_dx(dy, y, x):
-    return dy * (y > 0)
+    if get_array_module(dy, y) is np:  # one primitive (a Numba pass when it can)
+        return relu_grad(dy, y)
+    return dy * (y > 0)  # on the GPU: two ufuncs, which the compiled step fuses
+
+
+@ad.diffrule(relu_grad, "dy")
+def _relu_grad_ddy(g, z, dy, y, out=None):
+    return relu_grad(g, y)
+
+
+ad.nodiff(relu_grad, "y")  # a step function of y: zero almost everywhere
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
@@ -292,6 +356,7 @@ def _sample(*shape, seed=0):
 register_cases(
     [
         Case(relu, relu, (_sample(3, 4),), "matrix"),
+        Case(relu_grad, lambda dy: relu_grad(dy, _sample(3, 4, seed=1)), (_sample(3, 4),), "dy"),
         Case(sigmoid, sigmoid, (_sample(2, 5),), "matrix"),
         Case(sigmoid, sigmoid, (_sample(),), "scalar"),
         Case(erf, erf, (np.array([-9.0, -2.5, -0.7, 0.0, 0.3, 0.999, 1.2, 4.0, 8.5]),), "ranges"),

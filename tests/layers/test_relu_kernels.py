@@ -1,0 +1,147 @@
+"""``relu`` and ``relu_grad``: their Numba kernels (nnflow/relu_kernels.py) against NumPy.
+
+Both paths must agree bitwise (``-0.0`` to ``+0.0``, NaN kept, signed zeros of the gradient)
+and lay their outputs out alike, for ``out=None``, a buffer and in place, in float32 and
+float64, for C-contiguous and channel-major arrays; arrays the kernels do not take (strided,
+mismatched layouts) run NumPy on both settings. The Numba half is skipped only where Numba
+is missing.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from nnflow import ad, functional, jit, relu_kernels
+from nnflow.functional import relu, relu_grad
+
+needs_numba = pytest.mark.skipif(
+    not jit.numba_available(), reason="numba is not installed (pip install 'nnflow[fast]')"
+)
+
+LAYOUTS = ["c", "channel-major", "strided"]
+
+
+def _array(dtype, layout, seed=0, shape=(3, 4, 5, 6)):
+    """Integer-valued entries with zeros, ``-0.0``, NaN and infinities among them."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-3, 4, size=shape).astype(dtype)
+    special = np.array([-0.0, np.nan, np.inf, -np.inf], dtype)
+    a.flat[rng.choice(a.size, 12, replace=False)] = np.resize(special, 12)
+    if layout == "channel-major":
+        return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    if layout == "strided":
+        return np.repeat(a, 2, axis=3)[..., ::2]
+    return a
+
+
+def _same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape and a.strides == b.strides
+    assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def _on(monkeypatch, flag, fn):
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    return fn()
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dest", ["new", "buffer", "inplace"])
+def test_relu_paths_agree_bitwise(monkeypatch, dtype, layout, dest):
+    results = []
+    for flag in ("0", "1"):
+        x = _array(dtype, layout)
+        out = {"new": None, "buffer": np.empty_like(x), "inplace": x}[dest]
+        y = _on(monkeypatch, flag, lambda x=x, out=out: relu(x, out))
+        assert out is None or y is out
+        results.append(y)
+    _same(results[1], results[0])
+    assert not np.signbit(results[0][~np.isnan(results[0])]).any()  # -0.0 became +0.0
+
+
+@needs_numba
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0, on both paths
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dest", ["new", "buffer", "over-dy", "over-y"])
+def test_relu_grad_paths_agree_bitwise(monkeypatch, dtype, layout, dest):
+    results = []
+    for flag in ("0", "1"):
+        dy, y = _array(dtype, layout, seed=1), _array(dtype, layout, seed=2)
+        out = {"new": None, "buffer": np.empty_like(dy), "over-dy": dy, "over-y": y}[dest]
+        g = _on(monkeypatch, flag, lambda dy=dy, y=y, out=out: relu_grad(dy, y, out))
+        assert out is None or g is out
+        results.append(g)
+    _same(results[1], results[0])
+    assert np.signbit(results[0]).any()  # negative dy times 0: -0.0, as NumPy gives
+
+
+@needs_numba
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_mismatched_layouts_take_numpy_and_agree(monkeypatch):
+    dy = _array(np.float32, "c", seed=1)
+    y = _array(np.float32, "channel-major", seed=2)
+    a, b = (_on(monkeypatch, f, lambda: relu_grad(dy, y)) for f in ("0", "1"))
+    _same(b, a)
+    out = np.empty(dy.shape, np.float64)  # another dtype: NumPy casts
+    a, b = (_on(monkeypatch, f, lambda: relu(dy, out).copy()) for f in ("0", "1"))
+    _same(b, a)
+
+
+@needs_numba
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_the_kernels_run_when_numba_is_there(monkeypatch):
+    calls = []
+    for name in ("RELU_FORWARD", "RELU_BACKWARD"):
+        kernel = getattr(functional, name)
+        compiled = kernel.compiled
+
+        def counting(*a, compiled=compiled, name=name):
+            calls.append(name)
+            return compiled(*a)
+
+        fake = jit.Kernel(kernel.fn)
+        fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
+        monkeypatch.setattr(functional, name, fake)
+    x = _array(np.float32, "channel-major")
+    for flag, expected in (("1", ["RELU_FORWARD", "RELU_BACKWARD"]), ("0", [])):
+        calls.clear()
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        relu_grad(x, relu(x))
+        assert calls == expected
+
+
+@pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
+def test_relu_gradients_on_each_path(monkeypatch, flag):
+    """First and second order through relu and relu_grad, by finite differences."""
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-2, 2, (4, 3, 5)).transpose(1, 0, 2)
+    x += np.where(x >= 0, 0.05, -0.05)  # away from the kink
+    w = rng.normal(size=x.shape)
+    ad.gradcheck(lambda x: np.sum(relu(x) ** 2 * w), x)
+    ad.gradcheck(lambda x: np.sum(ad.grad(lambda x: np.sum(relu(x) ** 3), x)[1][0] * w), x)
+
+
+def test_compiled_step_uses_relu_grad_on_numpy():
+    """A compiled step calls relu_grad (writing into a planned buffer or in place)."""
+
+    def loss(x):
+        return np.sum(relu(x * 2.0) ** 2)
+
+    x = np.random.default_rng(4).normal(size=(8, 9))
+    step = ad.compile_grad(loss)
+    assert "relu_grad(" in step.source(x)
+    np.testing.assert_array_equal(step(x)[1][0], ad.grad(loss, x)[1][0])
+    np.testing.assert_array_equal(ad.grad(loss, x)[1][0], 8 * x * (x > 0))
+
+
+@needs_numba
+def test_docstring_examples_run_compiled():
+    for module in (relu_kernels, functional):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0
