@@ -73,13 +73,16 @@ def relu(x: Array, out: Array | None = None) -> Array:
     >>> relu(np.array([-2.0, 0.0, 3.0])).tolist()
     [0.0, 0.0, 3.0]
     """
-    flat = _flat_alike(x, out)
-    fused = None if flat is None else RELU_FORWARD.get(x)
-    if fused is None:
+    fused = RELU_FORWARD.get(x) if out is None or type(out) is np.ndarray else None
+    rows = None
+    if fused is not None:
+        dest = np.empty_like(x) if out is None else out  # (empty_like: laid out as x is)
+        rows = _rows(x, dest)
+    if rows is None:
         return get_array_module(x).maximum(x, 0, out=out)
-    out = np.empty_like(x) if out is None else out  # (empty_like: laid out as x)
-    fused(flat(x), flat(out), x.dtype.type(0))
-    return out
+    bufs, shape, descs = rows
+    fused(*bufs, *shape, *(v for d in descs for v in d), x.dtype.type(0))
+    return dest
 
 
 relu.__nnflow_out_kind__ = "elementwise"  # the memory planner may hand it a buffer (or x)
@@ -87,43 +90,62 @@ relu.__nnflow_out_kind__ = "elementwise"  # the memory planner may hand it a buf
 
 @ad.primitive
 def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
-    """``dy * (y > 0)``: the gradient of ``relu`` given its output ``y`` (one Numba pass for
-    NumPy arrays laid out alike, when Numba is there; ``out`` as in :func:`relu`).
+    """``dy * (y > 0)``: the gradient of ``relu`` given its output ``y`` (one Numba pass on
+    NumPy arrays when Numba is there; ``out`` as in :func:`relu`).
 
     >>> relu_grad(np.array([3.0, 3.0]), np.array([0.0, 2.0])).tolist()
     [0.0, 3.0]
     """
-    flat = _flat_alike(dy, y, out)
-    fused = None if flat is None else RELU_BACKWARD.get(dy, y)
-    if fused is None:
+    fused = RELU_BACKWARD.get(dy, y) if out is None or type(out) is np.ndarray else None
+    rows = None
+    if fused is not None:
+        dest = np.empty_like(dy) if out is None else out  # (laid out as dy is)
+        rows = _rows(dy, y, dest)
+    if rows is None:
         xp = get_array_module(dy, y)
         return dy * (y > 0) if out is None else xp.multiply(dy, y > 0, out=out)
-    out = np.empty_like(dy) if out is None else out
+    bufs, shape, descs = rows
     one = dy.dtype.type(1)
-    fused(flat(dy), flat(y), flat(out), one - one, one)
-    return out
+    fused(*bufs, *shape, *(v for d in descs for v in d), one - one, one)
+    return dest
 
 
 relu_grad.__nnflow_out_kind__ = "elementwise"
 
 
-def _flat_alike(*arrays):
-    """For NumPy float arrays of one shape and dtype, dense and laid out alike (``None``
-    entries skipped): a function giving each one's 1-d view in memory order; else ``None``."""
-    first = arrays[0]
-    if type(first) is not np.ndarray or first.dtype.kind != "f" or first.ndim == 0:
+def _rows(*arrays):
+    """NumPy float arrays of one shape and dtype as the kernels of :mod:`nnflow.relu_kernels`
+    take them: ``(buffers, (n0, n1, n2), ((offset, stride0, stride1) per array))``, the axes
+    in the memory order of the last array (the destination), its innermost contiguous in every
+    array and the others merged into two; ``None`` where they do not fit (NumPy runs then)."""
+    last = arrays[-1]
+    dtype, shape, size = last.dtype, last.shape, last.dtype.itemsize
+    if dtype.kind != "f" or last.size == 0:
         return None
-    order = tuple(np.argsort([-s for s in first.strides], kind="stable"))
     for a in arrays:
-        if a is None:
-            continue
-        if type(a) is not np.ndarray or a.dtype != first.dtype:
+        if a.dtype != dtype or a.shape != shape or any(s < 0 or s % size for s in a.strides):
             return None
-        if a.shape != first.shape or a.strides != first.strides:
-            return None
-    if not first.transpose(order).flags.c_contiguous:
+    axes = sorted((k for k in range(len(shape)) if shape[k] > 1), key=lambda k: -last.strides[k])
+    dims = [(shape[k], [a.strides[k] // size for a in arrays]) for k in axes]
+    if not dims or any(s != 1 for s in dims[-1][1]):  # the innermost: contiguous everywhere
+        dims.append((1, [1] * len(arrays)))
+    merged = [dims[-1]]
+    for n, strides in reversed(dims[:-1]):  # an axis merges into the next if uniform
+        inner_n, inner = merged[0]
+        if all(s == inner_n * t for s, t in zip(strides, inner, strict=True)):
+            merged[0] = (n * inner_n, inner)
+        else:
+            merged.insert(0, (n, strides))
+    if len(merged) > 3:
         return None
-    return lambda a: a.transpose(order).reshape(-1)
+    while len(merged) < 3:
+        merged.insert(0, (1, [0] * len(arrays)))
+    bufs = []
+    for i, a in enumerate(arrays):  # a 1-d view from a's first entry to its last
+        span = 1 + sum((n - 1) * strides[i] for n, strides in merged)
+        bufs.append(np.lib.stride_tricks.as_strided(a, (span,), (size,)))
+    descs = [(0, merged[0][1][i], merged[1][1][i]) for i in range(len(arrays))]
+    return bufs, tuple(n for n, _ in merged), descs
 
 
 @ad.diffrule(relu, "x")

@@ -61,6 +61,7 @@ import numpy as np
 from .. import ad, backend
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
+from .conv_kernels import COL2IM_FLAT
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size", "conv_backend"]
 
@@ -311,7 +312,11 @@ def conv_transpose2d(y, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, gro
     out = xp.empty((c, n * geo.hp * geo.wp), dtype=dtype)
     rows = c * kh * kw
     cols = _gemm(xp, groups, wmat, g[:, : geo.m], xp.empty((rows, geo.m), dtype), transpose_a=True)
-    if geo.flat:  # col2im: one add of contiguous runs per kernel offset
+    fused = COL2IM_FLAT.get(cols, out) if geo.flat else None
+    if fused is not None:  # col2im channel by channel, in cache (Numba): the same adds
+        shifts = np.array([shift for _, _, shift in geo.offsets()], dtype=np.int64)
+        fused(cols.reshape(c, kh * kw, geo.m), shifts, out)
+    elif geo.flat:  # col2im: one add of contiguous runs per kernel offset
         cols = cols.reshape(c, kh, kw, geo.m)
         out[:, geo.m :] = 0
         for i, j, shift in geo.offsets():  # (0, 0) first: it writes, the others add

@@ -21,7 +21,7 @@ needs_numba = pytest.mark.skipif(
     not jit.numba_available(), reason="numba is not installed (pip install 'nnflow[fast]')"
 )
 
-LAYOUTS = ["c", "channel-major", "strided"]
+LAYOUTS = ["c", "channel-major", "cropped", "strided"]
 
 
 def _array(dtype, layout, seed=0, shape=(3, 4, 5, 6)):
@@ -32,7 +32,11 @@ def _array(dtype, layout, seed=0, shape=(3, 4, 5, 6)):
     a.flat[rng.choice(a.size, 12, replace=False)] = np.resize(special, 12)
     if layout == "channel-major":
         return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
-    if layout == "strided":
+    if layout == "cropped":  # as a convolution's output: channel-major, cut from a grid
+        big = np.zeros((shape[1], shape[0], shape[2] + 2, shape[3] + 3), dtype)
+        big[:, :, : shape[2], : shape[3]] = a.transpose(1, 0, 2, 3)
+        return big[:, :, : shape[2], : shape[3]].transpose(1, 0, 2, 3)
+    if layout == "strided":  # the innermost axis not contiguous: NumPy on both settings
         return np.repeat(a, 2, axis=3)[..., ::2]
     return a
 
@@ -107,12 +111,17 @@ def test_the_kernels_run_when_numba_is_there(monkeypatch):
         fake = jit.Kernel(kernel.fn)
         fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
         monkeypatch.setattr(functional, name, fake)
-    x = _array(np.float32, "channel-major")
-    for flag, expected in (("1", ["RELU_FORWARD", "RELU_BACKWARD"]), ("0", [])):
-        calls.clear()
-        monkeypatch.setenv("NNFLOW_NUMBA", flag)
-        relu_grad(x, relu(x))
-        assert calls == expected
+    for layout in ("channel-major", "cropped"):
+        x = _array(np.float32, layout)
+        for flag, expected in (("1", ["RELU_FORWARD", "RELU_BACKWARD"]), ("0", [])):
+            calls.clear()
+            monkeypatch.setenv("NNFLOW_NUMBA", flag)
+            relu_grad(x, relu(x))
+            assert calls == expected
+    calls.clear()
+    x = _array(np.float32, "strided")
+    relu_grad(x, relu(x))
+    assert calls == []
 
 
 @pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])

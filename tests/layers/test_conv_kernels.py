@@ -1,0 +1,94 @@
+"""The col2im kernel of ``conv_transpose2d`` (nnflow/layers/conv_kernels.py) against NumPy.
+
+In the flat layout both paths make the same additions in the same order, so the data gradient
+must agree bitwise (and in layout), with and without Numba, in float32 and float64, over the
+geometries of the flat layout (padding, asymmetric padding, dilation, groups, bias). The Numba
+half is skipped only where Numba is missing.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from nnflow import ad, jit
+from nnflow.layers import conv_kernels, convolution
+from nnflow.layers.convolution import conv2d, conv_transpose2d
+
+needs_numba = pytest.mark.skipif(
+    not jit.numba_available(), reason="numba is not installed (pip install 'nnflow[fast]')"
+)
+
+GEOMETRIES = {  # x shape, w shape, (stride, padding, dilation, groups)
+    "plain": ((3, 4, 14, 13), (5, 4, 3, 3), ((1, 1), ((0, 0), (0, 0)), (1, 1), 1)),
+    "padded": ((2, 3, 12, 12), (4, 3, 3, 3), ((1, 1), ((1, 1), (1, 1)), (1, 1), 1)),
+    "asymmetric-dilated-groups": (
+        (2, 4, 12, 13),
+        (6, 2, 2, 3),
+        ((1, 1), ((1, 0), (0, 2)), (2, 1), 2),
+    ),  # fmt: skip
+    "1x1": ((2, 3, 4, 5), (2, 3, 1, 1), ((1, 1), ((0, 0), (0, 0)), (1, 1), 1)),
+}
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_conv_transpose_paths_agree_bitwise(monkeypatch, name, bias, dtype):
+    xs, ws, geo = GEOMETRIES[name]
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=ws).astype(dtype)
+    y = conv2d(rng.normal(size=xs).astype(dtype), w, None, *geo)
+    dy = rng.normal(size=y.shape).astype(dtype).transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3)
+    b = rng.normal(size=xs[1]).astype(dtype) if bias else None
+    assert convolution._Geometry(xs, y.shape[2:], ws[2:], *geo[:3]).flat  # the kernel's layout
+    out = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        out.append(conv_transpose2d(dy, w, b, *geo, xs[2:]))
+    assert out[0].dtype == out[1].dtype == dtype and out[0].strides == out[1].strides
+    assert np.ascontiguousarray(out[0]).tobytes() == np.ascontiguousarray(out[1]).tobytes()
+
+
+@needs_numba
+def test_the_kernel_runs_when_numba_is_there(monkeypatch):
+    calls = []
+    compiled = convolution.COL2IM_FLAT.compiled
+
+    def counting(*a):
+        calls.append(1)
+        return compiled(*a)
+
+    fake = jit.Kernel(convolution.COL2IM_FLAT.fn)
+    fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
+    monkeypatch.setattr(convolution, "COL2IM_FLAT", fake)
+    xs, ws, geo = GEOMETRIES["plain"]
+    dy, w = np.ones((3, 5, 12, 11)), np.ones(ws)
+    for flag, expected in (("1", 1), ("0", 0)):
+        calls.clear()
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        conv_transpose2d(dy, w, None, *geo, xs[2:])
+        assert len(calls) == expected
+    calls.clear()
+    monkeypatch.setenv("NNFLOW_NUMBA", "1")  # stride 2: compact columns, NumPy's strided adds
+    conv_transpose2d(np.ones((3, 5, 6, 6)), w, None, (2, 2), geo[1], (1, 1), 1, xs[2:])
+    assert calls == []
+
+
+@pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
+def test_conv_gradient_on_each_path(monkeypatch, flag):
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    xs, ws, geo = GEOMETRIES["asymmetric-dilated-groups"]
+    rng = np.random.default_rng(1)
+    x, w, b = rng.normal(size=xs), rng.normal(size=ws), rng.normal(size=ws[0])
+    weights = rng.normal(size=conv2d(x, w, b, *geo).shape)
+    ad.gradcheck(lambda x, w, b: np.sum(conv2d(x, w, b, *geo) * weights), x, w, b)
+
+
+@needs_numba
+def test_docstring_examples_run_compiled():
+    result = doctest.testmod(conv_kernels)
+    assert result.attempted > 0 and result.failed == 0
