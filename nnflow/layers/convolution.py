@@ -40,6 +40,12 @@ safe only if it checks ``x``'s content, for ~1.5 ms a step at best, and only wit
 layout). Geometry arguments are normalised tuples: ``stride (sh, sw)``, ``padding ((top,
 bottom), (left, right))``, ``dilation (dh, dw)``, ``groups``.
 
+With Numba (:mod:`nnflow.jit`; ``NNFLOW_NUMBA`` not ``"0"``) and NumPy arrays, two loops run
+as kernels of :mod:`~nnflow.layers.conv_kernels` with bitwise the same results: the flat
+col2im of ``conv_transpose2d`` (channel by channel, in cache) and the compact im2col copy of
+stride-1 convolutions (``conv2d_weight``); everything else, and all of it without Numba, is
+the NumPy formulation above.
+
 On the GPU each primitive calls cuDNN instead (``cupyx.cudnn``'s ``convolution_forward``,
 ``convolution_backward_data`` and ``convolution_backward_filter``: the same three operations)
 when :func:`conv_backend` says so: the arrays are CuPy arrays of one dtype cuDNN computes in
@@ -61,7 +67,7 @@ import numpy as np
 from .. import ad, backend
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
-from .conv_kernels import COL2IM_FLAT
+from .conv_kernels import COL2IM_FLAT, IM2COL_COMPACT
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size", "conv_backend"]
 
@@ -212,6 +218,11 @@ def _columns(x, geo):
         view = _strided(xp, t, (c, kh, kw, geo.m), (sc, srow * dh, scol * dw, scol))
     else:
         shape = (c, kh, kw, n, geo.ho, geo.wo)
+        fused = IM2COL_COMPACT.get(t) if tuple(geo.stride) == ONE else None
+        if fused is not None:  # row by row (Numba): ~20% faster than NumPy's copy here
+            cols = np.empty(shape, t.dtype)
+            fused(t, cols, dh, dw)
+            return cols.reshape(c * kh * kw, geo.m)
         view = _strided(xp, t, shape, (sc, srow * dh, scol * dw, sn, srow * sh, scol * sw))
     return view.reshape(c * kh * kw, geo.m)
 

@@ -1,9 +1,11 @@
-"""The col2im kernel of ``conv_transpose2d`` (nnflow/layers/conv_kernels.py) against NumPy.
+"""The convolution kernels (nnflow/layers/conv_kernels.py) against the NumPy path.
 
-In the flat layout both paths make the same additions in the same order, so the data gradient
-must agree bitwise (and in layout), with and without Numba, in float32 and float64, over the
-geometries of the flat layout (padding, asymmetric padding, dilation, groups, bias). The Numba
-half is skipped only where Numba is missing.
+col2im (``conv_transpose2d``, flat layout): both paths make the same additions in the same
+order, so the data gradient must agree bitwise (and in layout), with and without Numba, in
+float32 and float64, over the geometries of the flat layout (padding, asymmetric padding,
+dilation, groups, bias). im2col (compact columns, stride 1: ``conv2d_weight``) is a copy, so
+the filter gradient must agree bitwise too. The Numba half is skipped only where Numba is
+missing.
 """
 
 from __future__ import annotations
@@ -54,27 +56,50 @@ def test_conv_transpose_paths_agree_bitwise(monkeypatch, name, bias, dtype):
 
 
 @needs_numba
-def test_the_kernel_runs_when_numba_is_there(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", [*GEOMETRIES, "dilated", "stride-2"])
+def test_conv_weight_paths_agree_bitwise(monkeypatch, name, dtype):
+    xs, ws, geo = {
+        **GEOMETRIES,
+        "dilated": ((2, 3, 10, 11), (4, 3, 3, 2), ((1, 1), ((1, 1), (0, 1)), (2, 3), 1)),
+        "stride-2": ((2, 3, 9, 8), (4, 3, 3, 3), ((2, 2), ((1, 1), (1, 1)), (1, 1), 1)),
+    }[name]  # (stride 2: strided rows, NumPy's copy on both settings)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=xs).astype(dtype).transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3)
+    dy = rng.normal(size=conv2d(x, rng.normal(size=ws), None, *geo).shape).astype(dtype)
+    out = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        out.append(convolution.conv2d_weight(x, dy, *geo, ws[2:]))
+    assert out[0].dtype == out[1].dtype == dtype and out[0].strides == out[1].strides
+    assert out[0].tobytes() == out[1].tobytes()
+
+
+@needs_numba
+def test_the_kernels_run_when_numba_is_there(monkeypatch):
     calls = []
-    compiled = convolution.COL2IM_FLAT.compiled
+    for name in ("COL2IM_FLAT", "IM2COL_COMPACT"):
+        compiled = getattr(convolution, name).compiled
 
-    def counting(*a):
-        calls.append(1)
-        return compiled(*a)
+        def counting(*a, compiled=compiled, name=name):
+            calls.append(name)
+            return compiled(*a)
 
-    fake = jit.Kernel(convolution.COL2IM_FLAT.fn)
-    fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
-    monkeypatch.setattr(convolution, "COL2IM_FLAT", fake)
+        fake = jit.Kernel(getattr(convolution, name).fn)
+        fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
+        monkeypatch.setattr(convolution, name, fake)
     xs, ws, geo = GEOMETRIES["plain"]
-    dy, w = np.ones((3, 5, 12, 11)), np.ones(ws)
-    for flag, expected in (("1", 1), ("0", 0)):
+    x, dy, w = np.ones(xs), np.ones((3, 5, 12, 11)), np.ones(ws)
+    for flag, expected in (("1", ["COL2IM_FLAT", "IM2COL_COMPACT"]), ("0", [])):
         calls.clear()
         monkeypatch.setenv("NNFLOW_NUMBA", flag)
         conv_transpose2d(dy, w, None, *geo, xs[2:])
-        assert len(calls) == expected
+        convolution.conv2d_weight(x, dy, *geo, ws[2:])
+        assert calls == expected
     calls.clear()
     monkeypatch.setenv("NNFLOW_NUMBA", "1")  # stride 2: compact columns, NumPy's strided adds
     conv_transpose2d(np.ones((3, 5, 6, 6)), w, None, (2, 2), geo[1], (1, 1), 1, xs[2:])
+    convolution.conv2d_weight(x, np.ones((3, 5, 6, 6)), (2, 2), *geo[1:], ws[2:])
     assert calls == []
 
 
