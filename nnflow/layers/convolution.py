@@ -40,11 +40,12 @@ safe only if it checks ``x``'s content, for ~1.5 ms a step at best, and only wit
 layout). Geometry arguments are normalised tuples: ``stride (sh, sw)``, ``padding ((top,
 bottom), (left, right))``, ``dilation (dh, dw)``, ``groups``.
 
-With Numba (:mod:`nnflow.jit`; ``NNFLOW_NUMBA`` not ``"0"``) and NumPy arrays, two loops run
+With Numba (:mod:`nnflow.jit`; ``NNFLOW_NUMBA`` not ``"0"``) and NumPy arrays, three loops run
 as kernels of :mod:`~nnflow.layers.conv_kernels` with bitwise the same results: the flat
-col2im of ``conv_transpose2d`` (channel by channel, in cache) and the compact im2col copy of
-stride-1 convolutions (``conv2d_weight``); everything else, and all of it without Numba, is
-the NumPy formulation above.
+col2im of ``conv_transpose2d`` (channel by channel, in cache), its ``dy`` put on the flat grid
+(when ``dy`` is channel-major), and the compact im2col copy of stride-1 convolutions
+(``conv2d_weight``); everything else, and all of it without Numba, is the NumPy formulation
+above.
 
 On the GPU each primitive calls cuDNN instead (``cupyx.cudnn``'s ``convolution_forward``,
 ``convolution_backward_data`` and ``convolution_backward_filter``: the same three operations)
@@ -67,7 +68,7 @@ import numpy as np
 from .. import ad, backend
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
-from .conv_kernels import COL2IM_FLAT, IM2COL_COMPACT
+from .conv_kernels import COL2IM_FLAT, GRID_PAD, IM2COL_COMPACT
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size", "conv_backend"]
 
@@ -235,6 +236,11 @@ def _grid(dy, geo):
     t = dy.transpose(1, 0, 2, 3)
     if not geo.flat:
         return xp.ascontiguousarray(t).reshape(o, geo.size)
+    fused = GRID_PAD.get(t) if t.flags.c_contiguous else None
+    if fused is not None:  # values and zeros in one pass (Numba)
+        g = np.empty((o, n, geo.hp, geo.wp), dtype=dy.dtype)
+        fused(t, g)
+        return g.reshape(o, geo.size)
     g = xp.zeros((o, n, geo.hp, geo.wp), dtype=dy.dtype)
     g[:, :, :ho, :wo] = t
     return g.reshape(o, geo.size)

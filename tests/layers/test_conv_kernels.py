@@ -3,9 +3,9 @@
 col2im (``conv_transpose2d``, flat layout): both paths make the same additions in the same
 order, so the data gradient must agree bitwise (and in layout), with and without Numba, in
 float32 and float64, over the geometries of the flat layout (padding, asymmetric padding,
-dilation, groups, bias). im2col (compact columns, stride 1: ``conv2d_weight``) is a copy, so
-the filter gradient must agree bitwise too. The Numba half is skipped only where Numba is
-missing.
+dilation, groups, bias), with ``dy`` channel-major (put on its zero-padded grid by a kernel)
+or NCHW. im2col (compact columns, stride 1: ``conv2d_weight``) is a copy, so the filter
+gradient must agree bitwise too. The Numba half is skipped only where Numba is missing.
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ GEOMETRIES = {  # x shape, w shape, (stride, padding, dilation, groups)
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", ["channel-major", "nchw"])
 @pytest.mark.parametrize("name", list(GEOMETRIES))
-def test_conv_transpose_paths_agree_bitwise(monkeypatch, name, bias, dtype):
+def test_conv_transpose_paths_agree_bitwise(monkeypatch, name, layout, bias, dtype):
     xs, ws, geo = GEOMETRIES[name]
     rng = np.random.default_rng(0)
     w = rng.normal(size=ws).astype(dtype)
     y = conv2d(rng.normal(size=xs).astype(dtype), w, None, *geo)
-    dy = rng.normal(size=y.shape).astype(dtype).transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    if layout == "channel-major":  # (the grid kernel's case; NCHW: NumPy's zeros and copy)
+        dy = dy.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3)
     b = rng.normal(size=xs[1]).astype(dtype) if bias else None
     assert convolution._Geometry(xs, y.shape[2:], ws[2:], *geo[:3]).flat  # the kernel's layout
     out = []
@@ -76,9 +79,30 @@ def test_conv_weight_paths_agree_bitwise(monkeypatch, name, dtype):
 
 
 @needs_numba
+def test_the_kernels_write_every_entry():
+    """Each kernel fills its whole output (NaN-filled first: nothing left over from memory)."""
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(2, 3, 4, 5))
+    g = np.full((2, 3, 6, 7), np.nan)
+    conv_kernels.GRID_PAD.compiled(t, g)
+    expected = np.zeros_like(g)
+    expected[:, :, :4, :5] = t
+    np.testing.assert_array_equal(g, expected)
+    cols, out = rng.normal(size=(2, 4, 10)), np.full((2, 13), np.nan)
+    conv_kernels.COL2IM_FLAT.compiled(cols, np.array([0, 1, 2, 3]), out)
+    expected = np.zeros_like(out)
+    for k in range(4):
+        expected[:, k : k + 10] += cols[:, k]
+    np.testing.assert_allclose(out, expected, rtol=1e-15)
+    cols = np.full((2, 2, 3, 3, 2, 3), np.nan)  # (C, kh, kw, N, Ho, Wo) of t (C, N, 4, 5)
+    conv_kernels.IM2COL_COMPACT.compiled(t.transpose(1, 0, 2, 3).copy(), cols, 1, 1)
+    assert not np.isnan(cols).any()
+
+
+@needs_numba
 def test_the_kernels_run_when_numba_is_there(monkeypatch):
     calls = []
-    for name in ("COL2IM_FLAT", "IM2COL_COMPACT"):
+    for name in ("COL2IM_FLAT", "IM2COL_COMPACT", "GRID_PAD"):
         compiled = getattr(convolution, name).compiled
 
         def counting(*a, compiled=compiled, name=name):
@@ -89,8 +113,10 @@ def test_the_kernels_run_when_numba_is_there(monkeypatch):
         fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
         monkeypatch.setattr(convolution, name, fake)
     xs, ws, geo = GEOMETRIES["plain"]
-    x, dy, w = np.ones(xs), np.ones((3, 5, 12, 11)), np.ones(ws)
-    for flag, expected in (("1", ["COL2IM_FLAT", "IM2COL_COMPACT"]), ("0", [])):
+    x, w = np.ones(xs), np.ones(ws)
+    dy = np.ones((5, 3, 12, 11)).transpose(1, 0, 2, 3)  # channel-major, as a conv's output
+    expected_on = ["GRID_PAD", "COL2IM_FLAT", "IM2COL_COMPACT"]
+    for flag, expected in (("1", expected_on), ("0", [])):
         calls.clear()
         monkeypatch.setenv("NNFLOW_NUMBA", flag)
         conv_transpose2d(dy, w, None, *geo, xs[2:])
