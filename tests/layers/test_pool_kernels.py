@@ -124,6 +124,26 @@ def test_first_maximum_wins_on_both_paths(monkeypatch):
 
 
 @needs_numba
+def test_the_kernels_write_every_entry(monkeypatch):
+    """Outputs NaN-filled first: each kernel writes every entry (nothing from memory)."""
+    monkeypatch.setenv("NNFLOW_NUMBA", "0")
+    x = _input((2, 3, 6, 6), np.float64, "nchw")
+    for geo in (((2, 2), (2, 2), (0, 0)), ((3, 3), (3, 3), (0, 0))):  # both tile x
+        y = max_pool2d(x, *geo)
+        dy = np.random.default_rng(5).normal(size=y.shape)
+        dx = max_pool2d_scatter(dy, x, y, *geo)
+        got = np.full_like(dx, np.nan)
+        if geo[0] == (2, 2):
+            y_ = np.full_like(y, np.nan)
+            pool_kernels.MAX_POOL_2X2.compiled(x, y_)
+            _assert_same(y_, y)
+            pool_kernels.MAX_POOL_SCATTER_2X2.compiled(dy, x, y, got, 0.0, 1.0)
+        else:
+            pool_kernels.MAX_POOL_SCATTER.compiled(dy, x, y, got, 3, 3, 3, 3, True, 0.0, 1.0)
+        _assert_same(got, dx)
+
+
+@needs_numba
 def test_the_kernels_run_when_numba_is_there(monkeypatch):
     """2x2 tiling windows take the 2x2 kernels; other unpadded geometries the general
     scatter; padded ones (and Numba off) the NumPy path."""
