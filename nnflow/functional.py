@@ -120,7 +120,7 @@ def _rows(*arrays):
     array and the others merged into two; ``None`` where they do not fit (NumPy runs then)."""
     last = arrays[-1]
     dtype, shape, size = last.dtype, last.shape, last.dtype.itemsize
-    if dtype.kind != "f" or last.size == 0:
+    if dtype not in (np.float32, np.float64) or last.size == 0:  # (Numba: no float16)
         return None
     for a in arrays:
         if a.dtype != dtype or a.shape != shape or any(s < 0 or s % size for s in a.strides):

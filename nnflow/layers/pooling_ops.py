@@ -110,6 +110,15 @@ def _memory_order(x):
     return None
 
 
+def _kernel_dtypes(*arrays) -> bool:
+    """Whether the kernels take these arrays' dtypes: float32 and float64 (Numba has no
+    float16 arithmetic; other dtypes keep NumPy's rules)."""
+    return all(getattr(a, "dtype", None) in _FLOATS for a in arrays)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _tiles_2x2(shape, kernel, stride, padding) -> bool:
     """Whether the windows are 2x2 with stride 2, unpadded, tiling an even-sized (non-empty)
     input."""
@@ -125,7 +134,9 @@ def max_pool2d(x, kernel, stride, padding):
     (2, 3, 5, 5)
     """
     out = pool_output_size(x.shape, kernel, stride, padding)
-    fused = MAX_POOL_2X2.get(x) if _tiles_2x2(x.shape, kernel, stride, padding) else None
+    fused = None
+    if _tiles_2x2(x.shape, kernel, stride, padding) and _kernel_dtypes(x):
+        fused = MAX_POOL_2X2.get(x)
     order = None if fused is None else _memory_order(x)
     if order is not None:  # one pass (Numba), y laid out in memory as x is
         y = np.empty(tuple(x.shape[a] for a in order[:2]) + out, x.dtype).transpose(order)
@@ -162,7 +173,7 @@ def max_pool2d_scatter(dy, x, y, kernel, stride, padding):
     else:
         dx = xp.zeros((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
     fused = None
-    if not any(padding) and dy.shape == y.shape:
+    if not any(padding) and dy.shape == y.shape and _kernel_dtypes(dy, x, y):
         fused = MAX_POOL_SCATTER.get(dy, x, y)
     order = None if fused is None else _memory_order(x)
     if order is not None:  # one pass (Numba), the arithmetic below term for term

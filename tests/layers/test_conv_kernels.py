@@ -143,3 +143,19 @@ def test_conv_gradient_on_each_path(monkeypatch, flag):
 def test_docstring_examples_run_compiled():
     result = doctest.testmod(conv_kernels)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_other_dtypes_take_the_numpy_path(monkeypatch, dtype):
+    """Numba has no float16 arithmetic, and integers keep NumPy's rules: no kernel for them."""
+    xs, ws, geo = GEOMETRIES["plain"]
+    x, w = np.ones(xs, dtype), np.ones(ws, dtype)
+    dy = np.ones((5, 3, 12, 11), dtype).transpose(1, 0, 2, 3)
+    out = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        dx = conv_transpose2d(dy, w, None, *geo, xs[2:])
+        out.append((dx, convolution.conv2d_weight(x, dy, *geo, ws[2:])))
+    for a, b in zip(*out, strict=True):
+        assert a.dtype == b.dtype and a.strides == b.strides
+        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()

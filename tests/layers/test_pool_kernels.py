@@ -216,3 +216,14 @@ def test_docstring_examples_run_compiled():
     for module in (pool_kernels, pooling_ops):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_other_dtypes_take_the_numpy_path(monkeypatch, dtype):
+    """Numba has no float16 arithmetic, and integers keep NumPy's rules: no kernel for them."""
+    x = _input((2, 3, 4, 6), dtype, "channel-major")
+    for geo in (((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (0, 0))):
+        y0, y1 = _both(monkeypatch, max_pool2d, x, *geo)
+        _assert_same(y1, y0)
+        dx0, dx1 = _both(monkeypatch, max_pool2d_scatter, np.ones_like(y0), x, y0, *geo)
+        _assert_same(dx1, dx0)

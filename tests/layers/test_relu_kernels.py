@@ -154,3 +154,11 @@ def test_docstring_examples_run_compiled():
     for module in (relu_kernels, functional):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_other_dtypes_take_the_numpy_path(monkeypatch, dtype):
+    """Numba has no float16 arithmetic, and integers keep NumPy's rules: no kernel for them."""
+    x = np.arange(-6, 6).reshape(3, 4).astype(dtype)
+    a, b = (_on(monkeypatch, f, lambda: relu_grad(x, relu(x))) for f in ("0", "1"))
+    _same(b, a)
