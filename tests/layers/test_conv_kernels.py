@@ -159,3 +159,31 @@ def test_other_dtypes_take_the_numpy_path(monkeypatch, dtype):
     for a, b in zip(*out, strict=True):
         assert a.dtype == b.dtype and a.strides == b.strides
         assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+@pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((2, 3, 14, 13), (1, 1), 1),  # flat columns
+        ((2, 3, 5, 5), (1, 1), 1),  # compact, stride 1 (the Numba im2col with a ones row)
+        ((2, 3, 9, 8), (2, 2), 1),  # compact, strided (NumPy's copy)
+        ((2, 4, 9, 8), (1, 1), 2),  # groups: the bias added after the GEMMs
+    ],
+)
+def test_conv2d_bias_inside_the_gemm(monkeypatch, flag, dtype, case):
+    """conv2d with a bias (added as one more GEMM column) equals conv2d without it plus the
+    bias, in value and layout."""
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    xs, stride, groups = case
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=xs).astype(dtype)
+    w = rng.normal(size=(4, xs[1] // groups, 3, 3)).astype(dtype)
+    b = rng.normal(size=4).astype(dtype)
+    geo = (stride, ((1, 0), (0, 1)), (1, 1), groups)
+    y = conv2d(x, w, b, *geo)
+    plain = conv2d(x, w, None, *geo)
+    assert y.dtype == dtype and y.strides == plain.strides
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y, plain + b[:, None, None], rtol=tol, atol=tol)
