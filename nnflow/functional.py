@@ -98,8 +98,8 @@ def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
     """
     fused = RELU_BACKWARD.get(dy, y) if out is None or type(out) is np.ndarray else None
     rows = None
-    if fused is not None:
-        dest = np.empty_like(dy) if out is None else out  # (laid out as dy is)
+    if fused is not None and (out is not None or dy.strides == y.strides):
+        dest = np.empty_like(dy) if out is None else out  # (laid out as dy and y are)
         rows = _rows(dy, y, dest)
     if rows is None:
         xp = get_array_module(dy, y)
@@ -122,8 +122,10 @@ def _rows(*arrays):
     dtype, shape, size = last.dtype, last.shape, last.dtype.itemsize
     if dtype not in (np.float32, np.float64) or last.size == 0:  # (Numba: no float16)
         return None
-    for a in arrays:
-        if a.dtype != dtype or a.shape != shape or any(s < 0 or s % size for s in a.strides):
+    for a in arrays:  # (no broadcast or reversed axes: stride > 0 along every long axis)
+        if a.dtype != dtype or a.shape != shape:
+            return None
+        if any(s % size or (s <= 0 and n > 1) for s, n in zip(a.strides, shape, strict=True)):
             return None
     axes = sorted((k for k in range(len(shape)) if shape[k] > 1), key=lambda k: -last.strides[k])
     dims = [(shape[k], [a.strides[k] // size for a in arrays]) for k in axes]

@@ -116,11 +116,13 @@ def test_the_kernels_run_when_numba_is_there(monkeypatch):
         for flag, expected in (("1", ["RELU_FORWARD", "RELU_BACKWARD"]), ("0", [])):
             calls.clear()
             monkeypatch.setenv("NNFLOW_NUMBA", flag)
-            relu_grad(x, relu(x))
+            y = relu(x)
+            relu_grad(np.ones_like(y), y)  # dy laid out as y, as in a backward pass
             assert calls == expected
     calls.clear()
     x = _array(np.float32, "strided")
-    relu_grad(x, relu(x))
+    relu_grad(x, x)
+    relu(x)
     assert calls == []
 
 
@@ -162,3 +164,35 @@ def test_other_dtypes_take_the_numpy_path(monkeypatch, dtype):
     x = np.arange(-6, 6).reshape(3, 4).astype(dtype)
     a, b = (_on(monkeypatch, f, lambda: relu_grad(x, relu(x))) for f in ("0", "1"))
     _same(b, a)
+
+
+def _odd_arrays():
+    rng = np.random.default_rng(7)
+    readonly = rng.normal(size=(4, 5, 6))
+    readonly.flags.writeable = False
+    return {
+        "broadcast-outer": np.broadcast_to(rng.normal(size=(1, 5, 6)), (4, 5, 6)),
+        "broadcast-middle": np.broadcast_to(rng.normal(size=(4, 1, 6)), (4, 5, 6)),
+        "broadcast-inner": np.broadcast_to(rng.normal(size=(4, 5, 1)), (4, 5, 6)),
+        "read-only": readonly,
+        "reversed": rng.normal(size=(4, 5, 6))[::-1],
+        "transposed": rng.normal(size=(5, 4, 6)).transpose(1, 0, 2),
+        "cropped": rng.normal(size=(4, 5, 8))[:, :, :6],
+    }
+
+
+@needs_numba
+@pytest.mark.parametrize("name", list(_odd_arrays()))
+def test_odd_layouts_agree_with_numpy(monkeypatch, name):
+    """Broadcast, read-only, reversed and mixed layouts: the same values and output layout as
+    NumPy's (the kernels take what they can, NumPy the rest)."""
+    x, ones = _odd_arrays()[name], np.ones((4, 5, 6))
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        results.append(
+            [relu(x), relu(x, np.empty((4, 5, 6))), relu_grad(ones, x), relu_grad(x, ones),
+             relu_grad(x, x)]
+        )  # fmt: skip
+    for a, b in zip(*results, strict=True):
+        _same(b, a)
