@@ -11,7 +11,8 @@ no temporaries), and the primitives call them when they can:
   NumPy formulation, which computes the same values (the tests run both and compare them).
 - ``NNFLOW_NUMBA=0`` in the environment turns the kernels off, read at each call (for
   comparisons, and for the tests of the NumPy path).
-- Only NumPy arrays go to a kernel; CuPy arrays (and anything else) take the array-module path.
+- Only NumPy arrays of float32 or float64 go to a kernel; CuPy arrays, float16 (Numba has no
+  float16 arithmetic), integers, complex and anything else take the array-module path.
 - The kernels compile on first use per dtype signature (about a second each) and are cached on
   disk by Numba (``cache=True``: ``__pycache__`` beside this package, or Numba's user cache).
 
@@ -42,6 +43,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Kernel", "numba_available", "enabled"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes the kernels compute in
 
 
 @functools.cache
@@ -76,9 +79,12 @@ class Kernel:
     """A Python loop function compiled by Numba on first use (``njit``, ``cache=True``).
 
     ``kernel.get(*arrays)`` is the compiled function when the kernels are :func:`enabled` and
-    every array given is a NumPy array, else ``None`` (the caller runs its NumPy path).
+    every array given is a float32 or float64 NumPy array, else ``None`` (the caller runs its
+    NumPy path).
 
     >>> Kernel(lambda x: x).get([1.0]) is None  # not a NumPy array
+    True
+    >>> Kernel(lambda x: x).get(np.zeros(2, np.float16)) is None  # no float16 in Numba
     True
     """
 
@@ -93,6 +99,8 @@ class Kernel:
 
     def get(self, *arrays: Any) -> Callable[..., Any] | None:
         """The compiled kernel if it may run on these arrays, else ``None``."""
-        if not enabled() or any(type(a) is not np.ndarray for a in arrays):
+        if not enabled() or any(
+            type(a) is not np.ndarray or a.dtype not in _FLOATS for a in arrays
+        ):
             return None
         return self.compiled

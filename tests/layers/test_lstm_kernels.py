@@ -47,7 +47,22 @@ def test_numba_switch_reads_the_environment_at_each_call(monkeypatch):
     monkeypatch.setenv("NNFLOW_NUMBA", "1")
     assert jit.enabled() == jit.numba_available()
     assert kernel.get([0.0]) is None  # not a NumPy array: never to a kernel
+    for dtype in (np.float16, np.int64, np.complex128):  # what Numba's kernels do not compute in
+        assert kernel.get(np.zeros(2, dtype)) is None
     assert (kernel.get(np.zeros(2)) is not None) == jit.numba_available()
+    assert (kernel.get(np.zeros(2, np.float32)) is not None) == jit.numba_available()
+
+
+def test_float16_lstm_runs_on_numpy_and_matches_float64():
+    args, dy = _args(steps=3, n=2, inputs=3, hidden=4)
+    ws64 = recurrence_ops.lstm_layer(*args)
+    half = tuple(a.astype(np.float16) for a in args)
+    ws16 = recurrence_ops.lstm_layer(*half)
+    packed16 = recurrence_ops.lstm_layer_backward(dy.astype(np.float16), ws16, *half)
+    assert ws16.dtype == packed16.dtype == np.float16
+    np.testing.assert_allclose(ws16, ws64, rtol=2e-2, atol=2e-2)
+    packed64 = recurrence_ops.lstm_layer_backward(dy, ws64, *args)
+    np.testing.assert_allclose(packed16, packed64, rtol=5e-2, atol=5e-2)
 
 
 @needs_numba
