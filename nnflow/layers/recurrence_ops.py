@@ -25,14 +25,10 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     the reverse time loop on raw arrays: ``((T + 1) N, 4H)``, the cotangents of the gate
     pre-activations of every step (rows ``t N .. (t + 1) N``, PyTorch's gate order in the
     columns) and, in the last ``N`` rows, the cotangent of ``c0`` (columns ``:H``; the
-    others zero). Per step it does one GEMM (``W_hh^T dz``) and, when Numba is installed,
-    one kernel (:mod:`nnflow.layers.lstm_kernels`) for the gate arithmetic and the step's
-    share of the transposing copy into the output; without Numba (and on CuPy), 6 in-place
-    ufunc calls over ``(H, N)`` blocks, the factors that do not depend on the recurrence
-    (``s(a) = a (1 - a)`` of the gates and their products) being computed for all steps at
-    once before the loop: on a GPU that is 7 kernel launches a step instead of 15; on the CPU
-    it measured the same as the 14 per-step calls it replaced (memory-bound either way).
-    Everything else is one GEMM each after the loop,
+    others zero). Per step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over
+    ``(H, N)`` or ``(4H, N)`` buffers that stay in cache, or, when Numba is installed, one
+    kernel (:mod:`nnflow.layers.lstm_kernels`) for those 14 calls and the step's share of the
+    transposing copy into the output. Everything else is one GEMM each after the loop,
     written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``[dW_hh | dW_ih | db]
     = dz^T [h_{t-1}; x_t; 1]`` in one, read from ``ws``; ``dx = dz W_ih``; ``dh0``), so a
     compiled step drops those it does not need (``dx`` of the data) and merges the repeated
@@ -170,45 +166,44 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dc = xp.empty((hidden, n), dtype=dtype)
     dc[...] = xp.transpose(dy[steps])
     c0_t = xp.transpose(c0)
-    fused = GATES_BACKWARD.get(ws, dy)  # the gate arithmetic in one Numba pass a step
+    fused = GATES_BACKWARD.get(ws, dy)  # the step's 14 calls below in one Numba pass
     if fused is not None:
         return _backward_fused(fused, dyh, dc, ws, c0_t, weight_hh, hidden, k)
-    # Everything that does not depend on the recurrence, for all steps at once (a few calls
-    # over (T, 4H, N) arrays instead of 8 small ones per step): with s(a) = a (1 - a),
-    #   fac_t = [g s(i), c_{t-1} s(f), i (1 - g^2), tanh(c) s(o)]   (T, 4, H, N)
-    #   dct_t = o (1 - tanh(c)^2)                                    (T, H, N)
-    # so that a step is dh += W_hh^T dz_{t+1}; dc = dc f_{t+1} + dh dct_t;
-    # dz_t = [dc, dc, dc, dh] * fac_t (one broadcast multiply for the first three).
-    matmul, multiply, add, subtract = xp.matmul, xp.multiply, xp.add, xp.subtract
-    acts = ws[:steps, k + hh :].reshape(steps, 4, hidden, n)
-    tcs = ws[:steps, k + hidden : k + hh]
-    i_, g_, o_ = acts[:, 0], acts[:, 2], acts[:, 3]
-    fac = xp.subtract(1, acts)
-    multiply(fac, acts, fac)  # s(a); the g rows are overwritten below
-    multiply(fac[:, 0], g_, fac[:, 0])
-    multiply(fac[1:, 1], ws[: steps - 1, k : k + hidden], fac[1:, 1])  # c_{t-1}
-    multiply(fac[0, 1], c0_t, fac[0, 1])
-    multiply(fac[:, 3], tcs, fac[:, 3])
-    multiply(g_, g_, fac[:, 2])
-    subtract(1, fac[:, 2], fac[:, 2])
-    multiply(fac[:, 2], i_, fac[:, 2])
-    dct = multiply(tcs, tcs)
-    subtract(1, dct, dct)
-    multiply(dct, o_, dct)
-    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous
+    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous: see below
     u = xp.empty((hidden, n), dtype=dtype)
+    s = xp.empty((4 * hidden, n), dtype=dtype)
+    m = xp.empty((4 * hidden, n), dtype=dtype)
+    m4 = m.reshape(4, hidden, n)
+    m_ig = m4[0:3:2]  # the rows of gates i and g, filled by one multiply with [g, i]
+    s_g = s[hh : 3 * hidden]
     w_t = xp.transpose(weight_hh)
+    g_and_i = ws[:, k + hh :].reshape(steps + 1, 4, hidden, n)[:, 2::-2]  # per step [g, i]
+    matmul, multiply, add, subtract = xp.matmul, xp.multiply, xp.add, xp.subtract
     for t in range(steps - 1, -1, -1):
+        block = ws[t]
+        tc = block[k + hidden : k + hh]
+        act = block[k + hh :]
+        g, o = act[hh : 3 * hidden], act[3 * hidden :]
         dh = dyh[t]
-        if t < steps - 1:  # dh += W_hh^T dz_{t+1}; dc_{t+1} f_{t+1}
+        if t < steps - 1:  # dh += W_hh^T dz_{t+1}
             matmul(w_t, dz[t + 1], out=u)
             add(dh, u, dh)
-            multiply(dc, ws[t + 1, k + 3 * hidden : k + 4 * hidden], dc)
-        multiply(dh, dct[t], u)
+            multiply(dc, ws[t + 1, k + 3 * hidden : k + 4 * hidden], dc)  # dc_{t+1} f_{t+1}
+        # dc_t += dh o (1 - tanh(c)^2) = dh (o - h tanh(c)), as h = o tanh(c)
+        multiply(ws[t + 1, :hidden], tc, u)
+        subtract(o, u, u)
+        multiply(u, dh, u)
         add(dc, u, dc)
-        dz_t = dz[t].reshape(4, hidden, n)
-        multiply(dc, fac[t, :3], dz_t[:3])
-        multiply(dh, fac[t, 3], dz_t[3])
+        # the local derivatives: a (1 - a) for i, f, o, 1 - g^2 for g
+        subtract(1, act, s)
+        multiply(s, act, s)
+        multiply(g, g, s_g)
+        subtract(1, s_g, s_g)
+        # dz = [dc g, dc c_prev, dc i, dh tanh(c)] * s
+        multiply(dc, g_and_i[t], m_ig)
+        multiply(dc, ws[t - 1, k : k + hidden] if t else c0_t, m[hidden:hh])
+        multiply(dh, tc, m[3 * hidden :])
+        multiply(m, s, dz[t])
     # one transposing copy into the (T N, 4H) layout of the weight gradients' GEMMs
     out = xp.empty(((steps + 1) * n, 4 * hidden), dtype=dtype)
     out[: steps * n].reshape(steps, n, 4 * hidden)[...] = xp.transpose(dz, (0, 2, 1))
