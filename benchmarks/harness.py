@@ -190,11 +190,14 @@ def versions(system: str) -> str:
 
     package = {"torch": "torch", "jax": "jax", "autograd": "autograd"}.get(system)
     if system.startswith("nnflow"):
+        from importlib.util import find_spec
+
         import nnflow
         from nnflow import jit
 
-        kernels = "off (NNFLOW_NUMBA=0)" if jit.numba_available() else "off (not installed)"
-        if jit.enabled():
+        # (find_spec: no import of Numba, and of the SciPy it loads, where it will not run)
+        kernels = "off (NNFLOW_NUMBA=0)" if find_spec("numba") else "off (not installed)"
+        if os.environ.get("NNFLOW_NUMBA", "1") != "0" and jit.enabled():
             kernels = f"numba {version('numba')}"
         return (
             f"nnflow {nnflow.__version__} (this checkout), numpy {np.__version__}, "
