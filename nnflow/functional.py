@@ -132,7 +132,7 @@ def _rows(*arrays, gapped_only=False):
     array and the others merged into two; ``None`` where they do not fit (NumPy runs then)."""
     last = arrays[-1]
     dtype, shape, size = last.dtype, last.shape, last.dtype.itemsize
-    if dtype not in (np.float32, np.float64) or last.size == 0:  # (Numba: no float16)
+    if last.size == 0:  # (float32/float64 only: Kernel.get has checked the dtypes)
         return None
     for a in arrays:  # (no broadcast or reversed axes: stride > 0 along every long axis)
         if a.dtype != dtype or a.shape != shape:

@@ -75,7 +75,6 @@ from .conv_kernels import COL2IM_FLAT, GRID_PAD, IM2COL_COMPACT
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size", "conv_backend"]
 
 ONE, NO_PAD = (1, 1), ((0, 0), (0, 0))
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the Numba kernels take
 _CUDNN_DTYPES = ("float16", "float32", "float64")
 
 
@@ -223,9 +222,7 @@ def _columns(x, geo, extra_row=False):
         view = _strided(xp, t, (c, kh, kw, geo.m), (sc, srow * dh, scol * dw, scol))
     else:
         shape = (c, kh, kw, n, geo.ho, geo.wo)
-        fused = None
-        if tuple(geo.stride) == ONE and t.dtype in _KERNEL_DTYPES:
-            fused = IM2COL_COMPACT.get(t)
+        fused = IM2COL_COMPACT.get(t) if tuple(geo.stride) == ONE else None
         if fused is not None:  # row by row (Numba): ~20% faster than NumPy's copy here
             cols = np.empty((rows + extra_row, geo.m), t.dtype)
             fused(t, cols[:rows].reshape(shape), dh, dw)
@@ -246,7 +243,7 @@ def _grid(dy, geo):
     t = dy.transpose(1, 0, 2, 3)
     if not geo.flat:
         return xp.ascontiguousarray(t).reshape(o, geo.size)
-    fused = GRID_PAD.get(t) if t.flags.c_contiguous and t.dtype in _KERNEL_DTYPES else None
+    fused = GRID_PAD.get(t) if t.flags.c_contiguous else None
     if fused is not None:  # values and zeros in one pass (Numba)
         g = np.empty((o, n, geo.hp, geo.wp), dtype=dy.dtype)
         fused(t, g)
@@ -346,7 +343,7 @@ def conv_transpose2d(y, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, gro
     out = xp.empty((c, n * geo.hp * geo.wp), dtype=dtype)
     rows = c * kh * kw
     cols = _gemm(xp, groups, wmat, g[:, : geo.m], xp.empty((rows, geo.m), dtype), transpose_a=True)
-    fused = COL2IM_FLAT.get(cols, out) if geo.flat and dtype in _KERNEL_DTYPES else None
+    fused = COL2IM_FLAT.get(cols, out) if geo.flat else None
     if fused is not None:  # col2im channel by channel, in cache (Numba): the same adds
         shifts = np.array([shift for _, _, shift in geo.offsets()], dtype=np.int64)
         fused(cols.reshape(c, kh * kw, geo.m), shifts, out)

@@ -110,15 +110,6 @@ def _memory_order(x):
     return None
 
 
-def _kernel_dtypes(*arrays) -> bool:
-    """Whether the kernels take these arrays' dtypes: float32 and float64 (Numba has no
-    float16 arithmetic; other dtypes keep NumPy's rules)."""
-    return all(getattr(a, "dtype", None) in _FLOATS for a in arrays)
-
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _tiles_2x2(shape, kernel, stride, padding) -> bool:
     """Whether the windows are 2x2 with stride 2, unpadded, tiling an even-sized (non-empty)
     input."""
@@ -135,7 +126,7 @@ def max_pool2d(x, kernel, stride, padding):
     """
     out = pool_output_size(x.shape, kernel, stride, padding)
     fused = None
-    if _tiles_2x2(x.shape, kernel, stride, padding) and _kernel_dtypes(x):
+    if _tiles_2x2(x.shape, kernel, stride, padding):  # (dtypes: Kernel.get decides)
         fused = MAX_POOL_2X2.get(x)
     order = None if fused is None else _memory_order(x)
     if order is not None:  # one pass (Numba), y laid out in memory as x is
@@ -173,7 +164,7 @@ def max_pool2d_scatter(dy, x, y, kernel, stride, padding):
     else:
         dx = xp.zeros((x.shape[0], x.shape[1], h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
     fused = None
-    if not any(padding) and dy.shape == y.shape and _kernel_dtypes(dy, x, y):
+    if not any(padding) and dy.shape == y.shape:
         fused = MAX_POOL_SCATTER.get(dy, x, y)
     order = None if fused is None else _memory_order(x)
     if order is not None:  # one pass (Numba), the arithmetic below term for term
