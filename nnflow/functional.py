@@ -76,9 +76,9 @@ def relu(x: Array, out: Array | None = None) -> Array:
     """
     fused = RELU_FORWARD.get(x) if out is None or type(out) is np.ndarray else None
     rows = None
-    if fused is not None:
+    if fused is not None and not _contiguous(x):
         dest = np.empty_like(x) if out is None else out  # (empty_like: laid out as x is)
-        rows = _gapped_rows(x, dest)
+        rows = _rows(x, dest)
     if rows is None:
         return get_array_module(x).maximum(x, 0, out=out)
     bufs, shape, descs = rows
@@ -100,8 +100,9 @@ def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
     fused = RELU_BACKWARD.get(dy, y) if out is None or type(out) is np.ndarray else None
     rows = None
     if fused is not None and (out is not None or dy.strides == y.strides):
-        dest = np.empty_like(dy) if out is None else out  # (laid out as dy and y are)
-        rows = _gapped_rows(dy, y, dest)
+        if not _contiguous(dy, y):
+            dest = np.empty_like(dy) if out is None else out  # (laid out as dy and y are)
+            rows = _rows(dy, y, dest)
     if rows is None:
         xp = get_array_module(dy, y)
         return dy * (y > 0) if out is None else xp.multiply(dy, y > 0, out=out)
@@ -114,18 +115,16 @@ def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
 relu_grad.__nnflow_out_kind__ = "elementwise"
 
 
-def _gapped_rows(*arrays):
-    """``_rows(*arrays)`` where the kernels pay: arrays with gaps in memory (a convolution's
-    output cropped from its GEMM grid), where NumPy's ufuncs are ~1.5x slower than the kernel.
-    On arrays that are one dense run (C order, channel-major...) NumPy's ``maximum`` and
-    ``dy * (y > 0)`` are 1.3-1.6x *faster* than the kernels (measured on 128x512 to
-    64x32x24x24 float32; the MLP step was 14% slower with the kernels there), so ``None``."""
-    if all(a.flags.c_contiguous or a.flags.f_contiguous for a in arrays):
-        return None  # (the common case, decided before any view is built)
-    return _rows(*arrays, gapped_only=True)
+def _contiguous(*arrays) -> bool:
+    """Whether every array is C- or F-contiguous: one dense run, where NumPy's ``maximum`` and
+    ``dy * (y > 0)`` are 1.3-1.6x *faster* than the relu kernels (measured on 128x512 to
+    64x32x24x24 float32; the MLP step was 14% slower with the kernels there). The kernels pay
+    on arrays with gaps in memory (a convolution's output cropped from its GEMM grid), where
+    NumPy's ufuncs are ~1.5x slower; checked before any buffer or view is built."""
+    return all(a.flags.c_contiguous or a.flags.f_contiguous for a in arrays)
 
 
-def _rows(*arrays, gapped_only=False):
+def _rows(*arrays):
     """NumPy float arrays of one shape and dtype as the kernels of :mod:`nnflow.relu_kernels`
     take them: ``(buffers, (n0, n1, n2), ((offset, stride0, stride1) per array))``, the axes
     in the memory order of the last array (the destination), its innermost contiguous in every
@@ -152,7 +151,7 @@ def _rows(*arrays, gapped_only=False):
             merged.insert(0, (n, strides))
     if len(merged) > 3:
         return None
-    if gapped_only and len(merged) == 1:  # one dense run
+    if len(merged) == 1:  # one dense run (NumPy is faster there: see _contiguous)
         return None
     while len(merged) < 3:
         merged.insert(0, (1, [0] * len(arrays)))
