@@ -54,55 +54,51 @@ __all__ = [
 
 def max_pool_2x2(x, y):
     """``y`` = the maximum of each 2x2 window of ``x``, stride 2, the windows tiling ``x``
-    (``x (A, B, 2 Ho, 2 Wo)``, ``y (A, B, Ho, Wo)``, both C-contiguous). The four entries are
-    chained as ``np.maximum`` chains the offsets, row-major."""
-    wo = y.shape[3]
-    w = 2 * wo
-    xr = x.ravel()
-    yr = y.ravel()
-    for r in range(yr.size // wo):  # one output row: input rows 2r, 2r + 1 (of every plane)
-        k0 = 2 * r * w
-        o = r * wo
-        for q in range(wo):
-            k = k0 + 2 * q
-            m = xr[k]
-            v = xr[k + 1]
-            if not (m > v or m != m):  # m = np.maximum(m, v)
-                m = v
-            v = xr[k + w]
-            if not (m > v or m != m):
-                m = v
-            v = xr[k + w + 1]
-            if not (m > v or m != m):
-                m = v
-            yr[o + q] = m
+    (``x (A, B, 2 Ho, 2 Wo)``, ``y (A, B, Ho, Wo)``). The four entries are chained as
+    ``np.maximum`` chains the offsets, row-major."""
+    na, nb, ho, wo = y.shape
+    for a in range(na):
+        for b in range(nb):
+            xp = x[a, b]
+            yp = y[a, b]
+            for p in range(ho):
+                for q in range(wo):
+                    m = xp[2 * p, 2 * q]
+                    v = xp[2 * p, 2 * q + 1]
+                    if not (m > v or m != m):  # m = np.maximum(m, v)
+                        m = v
+                    v = xp[2 * p + 1, 2 * q]
+                    if not (m > v or m != m):
+                        m = v
+                    v = xp[2 * p + 1, 2 * q + 1]
+                    if not (m > v or m != m):
+                        m = v
+                    yp[p, q] = m
 
 
 def max_pool_scatter_2x2(dy, x, y, dx, zero, one):
-    """``max_pool_scatter`` for 2x2 windows with stride 2 tiling ``x``: one pass, window by
-    window (``x``, ``y`` and ``dx`` C-contiguous; ``dy`` any strides)."""
-    nb, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-    w = 2 * wo
-    xr = x.ravel()
-    yr = y.ravel()
-    dxr = dx.ravel()
-    for r in range(yr.size // wo):
-        d = dy[r // (nb * ho), (r // ho) % nb, r % ho]
-        k0 = 2 * r * w
-        o = r * wo
-        for q in range(wo):
-            m = yr[o + q]
-            k = k0 + 2 * q
-            left = d[q]
-            t = left * (one if xr[k] == m else zero)
-            dxr[k] = t
-            left = left - t
-            t = left * (one if xr[k + 1] == m else zero)
-            dxr[k + 1] = t
-            left = left - t
-            t = left * (one if xr[k + w] == m else zero)
-            dxr[k + w] = t
-            dxr[k + w + 1] = left - t
+    """``max_pool_scatter`` for 2x2 windows with stride 2 tiling ``x``: one pass, plane by
+    plane, window by window (4-d arrays, any strides)."""
+    na, nb, ho, wo = y.shape
+    for a in range(na):
+        for b in range(nb):
+            xp = x[a, b]
+            yp = y[a, b]
+            dyp = dy[a, b]
+            dxp = dx[a, b]
+            for p in range(ho):
+                for q in range(wo):
+                    m = yp[p, q]
+                    left = dyp[p, q]
+                    t = left * (one if xp[2 * p, 2 * q] == m else zero)
+                    dxp[2 * p, 2 * q] = t
+                    left = left - t
+                    t = left * (one if xp[2 * p, 2 * q + 1] == m else zero)
+                    dxp[2 * p, 2 * q + 1] = t
+                    left = left - t
+                    t = left * (one if xp[2 * p + 1, 2 * q] == m else zero)
+                    dxp[2 * p + 1, 2 * q] = t
+                    dxp[2 * p + 1, 2 * q + 1] = left - t
 
 
 def max_pool_scatter(dy, x, y, dx, kh, kw, sh, sw, tiles, zero, one):

@@ -111,19 +111,30 @@ def test_the_kernels_run_when_numba_is_there(monkeypatch):
         fake = jit.Kernel(kernel.fn)
         fake.__dict__["compiled"] = counting  # a fresh object: no undo needed
         monkeypatch.setattr(functional, name, fake)
-    x = _array(np.float32, "cropped")  # gaps in memory: the kernels pay
-    for flag, expected in (("1", ["RELU_FORWARD", "RELU_BACKWARD"]), ("0", [])):
-        calls.clear()
-        monkeypatch.setenv("NNFLOW_NUMBA", flag)
-        relu(x)
-        relu_grad(x, x)  # cropped dy and y (relu's own output is dense: NumPy, below)
-        assert calls == expected
-    monkeypatch.setenv("NNFLOW_NUMBA", "1")
-    for layout in ("c", "channel-major"):  # one dense run each: NumPy is faster there
-        calls.clear()
+    for layout in ("c", "channel-major", "cropped"):  # dense runs and rows with gaps
         x = _array(np.float32, layout)
-        relu_grad(x, relu(x))
-        assert calls == [], layout
+        for flag, expected in (("1", ["RELU_FORWARD", "RELU_BACKWARD"]), ("0", [])):
+            calls.clear()
+            monkeypatch.setenv("NNFLOW_NUMBA", flag)
+            relu(x)
+            relu_grad(x, x)
+            assert calls == expected, layout
+    monkeypatch.setenv("NNFLOW_NUMBA", "1")
+    calls.clear()
+    x = _array(np.float32, "strided")  # the innermost axis not contiguous: NumPy
+    relu_grad(x, x)
+    relu(x)
+    assert calls == []
+
+
+def test_dense_runs_are_views_in_memory_order():
+    """A dense array of any axis order is handed to the kernel as a 1-d view of its memory."""
+    x = _array(np.float64, "channel-major")
+    bufs, shape, _ = functional._dense_run(x, x)
+    assert shape == (1, 1, x.size) and np.shares_memory(bufs[0], x)
+    assert bufs[0].tobytes() == np.ascontiguousarray(x.transpose(1, 0, 2, 3)).tobytes()
+    assert functional._dense_run(x, np.ascontiguousarray(x)) is None  # orders differ
+    assert functional._dense_run(_array(np.float64, "cropped")) is None  # gaps
 
 
 @pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
