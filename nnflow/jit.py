@@ -75,6 +75,13 @@ def enabled() -> bool:
     return os.environ.get("NNFLOW_NUMBA", "1") != "0" and numba_available()
 
 
+@functools.cache
+def _jitable(fn: Callable[..., Any]) -> None:
+    """Let Numba compile calls to the plain function ``fn`` from kernels (once per function;
+    ``fn`` itself stays a Python function)."""
+    _load_numba().extending.register_jitable(error_model="numpy")(fn)
+
+
 class Kernel:
     """A Python loop function compiled by Numba on first use (``njit``, ``cache=True``).
 
@@ -88,14 +95,22 @@ class Kernel:
     True
     """
 
-    def __init__(self, fn: Callable[..., Any], cache: bool = True):
-        self.fn, self.cache = fn, cache
+    def __init__(
+        self, fn: Callable[..., Any], cache: bool = True, helpers: tuple[Callable, ...] = ()
+    ):
+        self.fn, self.cache, self.helpers = fn, cache, helpers
         self.__doc__ = fn.__doc__
 
     @functools.cached_property
     def compiled(self) -> Callable[..., Any]:
-        """The Numba-compiled function (compiled per signature on its first call)."""
-        return _load_numba().njit(cache=self.cache, nogil=True)(self.fn)
+        """The Numba-compiled function (compiled per signature on its first call); the
+        ``helpers`` it calls (plain functions of its module) compile along with it."""
+        numba = _load_numba()
+        for helper in self.helpers:
+            _jitable(helper)
+        # NumPy's error model: float division gives inf/NaN, not ZeroDivisionError (as the
+        # NumPy paths do), and without that check a loop with a division vectorises
+        return numba.njit(cache=self.cache, nogil=True, error_model="numpy")(self.fn)
 
     def get(self, *arrays: Any) -> Callable[..., Any] | None:
         """The compiled kernel if it may run on these arrays, else ``None``."""

@@ -1,77 +1,169 @@
 """The LSTM's per-time-step gate arithmetic as Numba kernels (see :mod:`nnflow.jit`).
 
-Each is one pass over a step's ``(H, N)`` blocks (feature-major, as in the workspace of
-:func:`nnflow.layers.recurrence_ops.lstm_layer`), replacing the ~6 NumPy calls of the forward
-step and the ~14 of the backward step that :mod:`~nnflow.layers.recurrence_ops` runs without
-Numba. The GEMMs and the ``tanh`` calls stay in NumPy (BLAS, and SIMD transcendental
-functions). The formulas are those of the NumPy path, term for term.
+Each is one pass over a step's ``(H, N)`` blocks of the workspace of
+:func:`nnflow.layers.recurrence_ops.lstm_layer` (feature-major ``(T + 1, R, N)``), and takes
+the workspace and the step's index rather than a dozen slices (each array argument costs
+Numba's dispatcher ~0.2 us). The GEMMs stay in NumPy (BLAS).
 
-The loops run over the raveled (C-contiguous) blocks with one index: written over two
-indices, or with a branch inside, the backward loop ran 2.4x slower (measured: 30 against
-12.6 us a step for H = 128, N = 32; NumPy's 14 calls take ~100 us).
+- ``gates_forward`` (float64, and float32 without :func:`step_forward_f32`): after NumPy's
+  ``tanh`` of the step's pre-activations, the sigmoids and ``c_t`` (the ~6 NumPy calls of the
+  NumPy path, term for term); NumPy's ``tanh(c_t)`` and ``h_t = o tanh(c_t)`` follow.
+- ``step_forward_f32`` (float32): the whole step after the GEMM, ``tanh`` included, as one pass:
+  ``tanh`` is the rational approximation that XLA and Eigen use for float32 (odd degree 13 over
+  even degree 6, clamped at +-7.9053, ``x`` itself below 4e-4), which vectorises (NumPy's
+  ``tanh`` is a call per array; Numba's ``math.tanh`` a libm call per entry). Against
+  ``tanh`` in float64 it is within 6 float32 ulps (3.4e-7) everywhere, NumPy's float32 ``tanh``
+  within 1.4; NaN stays NaN and +-inf give +-1. Measured on the LSTM benchmark's step (H = 128,
+  N = 32, 2 cores): ~37 -> ~12 us after the GEMM.
+- ``gates_backward``: the backward step's 14 NumPy calls, also writing the step's gate
+  cotangents into the packed output ``(4H, (T + 1) N)`` (columns ``t N .. (t + 1) N``:
+  contiguous runs of ``N``; a transposed ``((T + 1) N, 4H)`` layout cost 13 us a step more,
+  its writes one cache line each).
 
->>> act = np.zeros((4, 1)); c = np.zeros((1, 1))
->>> gates_forward(act, np.ones((1, 1)), c, 0.5)  # tanh(z/2) = 0: sigmoids 1/2, g = 0
->>> act.ravel().tolist(), c.item()
+The element loops run over raveled C-contiguous blocks with one index: written over two
+indices, or with a branch inside, the backward loop ran 2.4x slower (30 against 12.6 us a
+step for H = 128, N = 32; NumPy's 14 calls take ~100 us). The kernels compile with NumPy's
+error model (:mod:`nnflow.jit`): a division does not check for zero, so it vectorises.
+
+>>> ws = np.zeros((2, 8, 1))  # T=1, N=1, H=1, no input: rows h, 1, c, tanh(c), i, f, g, o
+>>> gates_forward(ws, 0, 2, np.ones((1, 1)), 0.5)  # tanh(z/2) = 0: sigmoids 1/2, g = 0
+>>> ws[0, 4:, 0].tolist(), float(ws[0, 2, 0])  # c = f c_prev + i g
 ([0.5, 0.5, 0.0, 0.5], 0.5)
 """
 
 from __future__ import annotations
 
-import numpy as np  # noqa: F401  (the doctest)
+import numpy as np
 
 from ..jit import Kernel
 
-__all__ = ["GATES_FORWARD", "GATES_BACKWARD", "gates_forward", "gates_backward"]
+__all__ = [
+    "GATES_FORWARD",
+    "STEP_FORWARD_F32",
+    "GATES_BACKWARD",
+    "gates_forward",
+    "step_forward_f32",
+    "gates_backward",
+    "tanh_f32",
+]
+
+# tanh's float32 rational approximation: odd numerator, even denominator, clamp, tiny cutoff
+_CLAMP = np.float32(7.90531110763549805)
+_TINY = np.float32(0.0004)
+_ALPHA = tuple(np.float32(a) for a in (
+    4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+    -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16,
+))  # fmt: skip
+_BETA = tuple(np.float32(b) for b in (
+    4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06,
+))  # fmt: skip
+_A1, _A3, _A5, _A7, _A9, _A11, _A13 = _ALPHA
+_B0, _B2, _B4, _B6 = _BETA
 
 
-def gates_forward(act, c_prev, c, half):
-    """One forward step after ``act = tanh(W [h; x; 1])`` (rows i, f, g, o; the i, f, o rows
-    of ``W`` halved, so they hold ``tanh(z / 2)``): turns i, f, o into sigmoids in place
-    (``(1 + tanh(z / 2)) / 2``) and writes ``c = f c_prev + i g``. All C-contiguous; ``half``
-    is 0.5 in the arrays' dtype (a Python float would make Numba compute float32 data in
-    float64)."""
-    s = c.size
-    act, c_prev, c = act.ravel(), c_prev.ravel(), c.ravel()
-    for k in range(s):
-        i = act[k] * half + half
-        f = act[s + k] * half + half
-        act[k] = i
-        act[s + k] = f
-        act[3 * s + k] = act[3 * s + k] * half + half
-        c[k] = f * c_prev[k] + i * act[2 * s + k]
+def tanh_f32(v):
+    """``tanh`` of a float32 scalar by the rational approximation above (inlined by Numba)."""
+    x = _CLAMP if v > _CLAMP else v
+    x = -_CLAMP if x < -_CLAMP else x
+    x2 = x * x
+    p = ((((((_A13 * x2 + _A11) * x2 + _A9) * x2 + _A7) * x2 + _A5) * x2 + _A3) * x2 + _A1) * x
+    q = ((_B6 * x2 + _B4) * x2 + _B2) * x2 + _B0
+    return v if -_TINY < v < _TINY else p / q
 
 
-def gates_backward(dh, u, dc, f_next, act, tc, c_prev, dz, out, row, one):
-    """One backward step. With ``dh`` the cotangent of the step's output ``h``, ``u = W_hh^T
-    dz_{t+1}`` and ``f_next = f_{t+1}`` (zeros and ones at the last step): ``dh += u``,
-    ``dc = dc f_next + dh o (1 - tanh(c)^2)`` (both in place) and the gate cotangents
-    ``dz = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dh tanh(c) o(1-o)]`` ``(4H, N)``,
-    also written transposed to ``out[row : row + N]`` (``out`` is ``(T N, 4H)``-shaped, the
-    layout of the weight gradients' GEMM; each step fills one contiguous block, while ``dz`` is
-    in cache). All C-contiguous; ``one`` is 1 in the arrays' dtype."""
-    s, n = dh.size, dh.shape[1]
-    dh, u, dc, f_next = dh.ravel(), u.ravel(), dc.ravel(), f_next.ravel()
-    act, tc, c_prev, dz = act.ravel(), tc.ravel(), c_prev.ravel(), dz.ravel()
-    for k in range(s):
-        i = act[k]
-        f = act[s + k]
-        g = act[2 * s + k]
-        o = act[3 * s + k]
-        t = tc[k]
-        d_h = dh[k] + u[k]
-        d_c = dc[k] * f_next[k] + d_h * (o * (one - t * t))
-        dh[k] = d_h
-        dc[k] = d_c
-        dz[k] = d_c * g * (i * (one - i))
-        dz[s + k] = d_c * c_prev[k] * (f * (one - f))
-        dz[2 * s + k] = d_c * i * (one - g * g)
-        dz[3 * s + k] = d_h * t * (o * (one - o))
-    for m in range(n):  # out[row + m, :] = dz[:, m]
-        dst = out[row + m]
-        for q in range(4 * s // n):
-            dst[q] = dz[q * n + m]
+def gates_forward(ws, t, k, c_prev, half):
+    """One forward step after ``act = tanh(W [h; x; 1])`` (``ws[t, k + 2H:]``, rows i, f, g, o;
+    the i, f, o rows of ``W`` halved, so they hold ``tanh(z / 2)``): turns i, f, o into
+    sigmoids in place (``(1 + tanh(z / 2)) / 2``) and writes ``c = f c_prev + i g`` to
+    ``ws[t, k : k + H]``. ``half`` is 0.5 in the arrays' dtype (a Python float would make Numba
+    compute float32 data in float64)."""
+    s = c_prev.size
+    block = ws[t].ravel()
+    cp = c_prev.ravel()
+    a = k * ws.shape[2]  # c's offset in the block; tanh(c), then i, f, g, o follow
+    c = block[a : a + s]  # (separate slices: with offsets into one array the loop did not
+    ai = block[a + 2 * s : a + 3 * s]  # vectorise, 6x slower)
+    af = block[a + 3 * s : a + 4 * s]
+    ag = block[a + 4 * s : a + 5 * s]
+    ao = block[a + 5 * s : a + 6 * s]
+    for m in range(s):
+        i = ai[m] * half + half
+        f = af[m] * half + half
+        ai[m] = i
+        af[m] = f
+        ao[m] = ao[m] * half + half
+        c[m] = f * cp[m] + i * ag[m]
+
+
+def step_forward_f32(ws, t, k, c_prev, half):
+    """One whole float32 forward step after the GEMM ``ws[t, k + 2H:] = W [h; x; 1]`` (the
+    i, f, o rows of ``W`` halved): the activations i, f, g, o in place, ``c``, ``tanh(c)`` and
+    ``h = o tanh(c)`` into ``ws[t + 1, :H]``; ``tanh`` is :func:`tanh_f32`."""
+    s = c_prev.size
+    block = ws[t].ravel()
+    cp = c_prev.ravel()
+    a = k * ws.shape[2]
+    c, tc = block[a : a + s], block[a + s : a + 2 * s]
+    ai, af = block[a + 2 * s : a + 3 * s], block[a + 3 * s : a + 4 * s]
+    ag, ao = block[a + 4 * s : a + 5 * s], block[a + 5 * s : a + 6 * s]
+    h_next = ws[t + 1].ravel()[:s]
+    for m in range(s):
+        i = tanh_f32(ai[m]) * half + half
+        f = tanh_f32(af[m]) * half + half
+        g = tanh_f32(ag[m])
+        o = tanh_f32(ao[m]) * half + half
+        cm = f * cp[m] + i * g
+        tcm = tanh_f32(cm)
+        ai[m] = i
+        af[m] = f
+        ag[m] = g
+        ao[m] = o
+        c[m] = cm
+        tc[m] = tcm
+        h_next[m] = o * tcm
+
+
+def gates_backward(dyh, u, dc, ws, t, k, c_prev, dz, out, one):
+    """Backward step ``t``. With ``dyh[t]`` the cotangent of the step's output ``h``, ``u =
+    W_hh^T dz_{t+1}`` (zeros at the last step, where ``f_{t+1}`` counts as ones): ``dh =
+    dyh[t] + u``, ``dc = dc f_{t+1} + dh o (1 - tanh(c)^2)`` (in place; ``dyh[t]`` keeps
+    ``dh``) and the gate cotangents ``dz = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dh
+    tanh(c) o(1-o)]`` ``(4H, N)``, also written to ``out[:, t N : (t + 1) N]``. All
+    C-contiguous; ``one`` is 1 in the arrays' dtype."""
+    s = dc.size
+    n = ws.shape[2]
+    dh, ur, dcr, dzr = dyh[t].ravel(), u.ravel(), dc.ravel(), dz.ravel()
+    block = ws[t].ravel()
+    cp = c_prev.ravel()
+    a = k * n
+    tc = block[a + s : a + 2 * s]
+    ai, af = block[a + 2 * s : a + 3 * s], block[a + 3 * s : a + 4 * s]
+    ag, ao = block[a + 4 * s : a + 5 * s], block[a + 5 * s : a + 6 * s]
+    fn = ws[t + 1].ravel()[a + 3 * s : a + 4 * s]  # f_{t+1} (ones in its place at the end)
+    zi, zf, zg, zo = dzr[:s], dzr[s : 2 * s], dzr[2 * s : 3 * s], dzr[3 * s :]
+    last = t == dyh.shape[0] - 1
+    for m in range(s):
+        i = ai[m]
+        f = af[m]
+        g = ag[m]
+        o = ao[m]
+        tcm = tc[m]
+        d_h = dh[m] + ur[m]
+        d_c = dcr[m] * (one if last else fn[m]) + d_h * (o * (one - tcm * tcm))
+        dh[m] = d_h
+        dcr[m] = d_c
+        zi[m] = d_c * g * (i * (one - i))
+        zf[m] = d_c * cp[m] * (f * (one - f))
+        zg[m] = d_c * i * (one - g * g)
+        zo[m] = d_h * tcm * (o * (one - o))
+    col = t * n
+    for q in range(dz.shape[0]):  # out[q, col : col + N] = dz[q]: runs of N
+        row = out[q, col : col + n]
+        src = dz[q]
+        for m in range(n):
+            row[m] = src[m]
 
 
 GATES_FORWARD = Kernel(gates_forward)
+STEP_FORWARD_F32 = Kernel(step_forward_f32, helpers=(tanh_f32,))
 GATES_BACKWARD = Kernel(gates_backward)

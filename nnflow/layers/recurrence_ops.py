@@ -22,15 +22,16 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     activations cached in ``ws``. So the workspace never receives a cotangent and no
     full-size zero cotangent is ever built for it.
 ``packed = lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)``
-    the reverse time loop on raw arrays: ``((T + 1) N, 4H)``, the cotangents of the gate
-    pre-activations of every step (rows ``t N .. (t + 1) N``, PyTorch's gate order in the
-    columns) and, in the last ``N`` rows, the cotangent of ``c0`` (columns ``:H``; the
+    the reverse time loop on raw arrays: ``(4H, (T + 1) N)``, the cotangents of the gate
+    pre-activations of every step (columns ``t N .. (t + 1) N``, PyTorch's gate order in the
+    rows) and, in the last ``N`` columns, the cotangent of ``c0`` transposed (rows ``:H``; the
     others zero). Per step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over
-    ``(H, N)`` or ``(4H, N)`` buffers that stay in cache, or, when Numba is installed, one
-    kernel (:mod:`nnflow.layers.lstm_kernels`) for those 14 calls and the step's share of the
-    transposing copy into the output. Everything else is one GEMM each after the loop,
-    written in the rules of ``lstm_outputs`` with ordinary NumPy calls (``[dW_hh | dW_ih | db]
-    = dz^T [h_{t-1}; x_t; 1]`` in one, read from ``ws``; ``dx = dz W_ih``; ``dh0``), so a
+    ``(H, N)`` or ``(4H, N)`` buffers that stay in cache, the last writing the step's columns
+    of the output, or, when Numba is installed, one kernel
+    (:mod:`nnflow.layers.lstm_kernels`) for those 14 calls. Everything else is one GEMM each
+    after the loop, written in the rules of ``lstm_outputs`` with ordinary NumPy calls
+    (``[dW_hh | dW_ih | db] = dz [h_{t-1}; x_t; 1]^T`` in one, read from ``ws``; ``dx = dz^T
+    W_ih``; ``dh0``), so a
     compiled step drops those it does not need (``dx`` of the data) and merges the repeated
     ``lstm_layer_backward`` calls (CSE); ``ad.grad`` reuses that call's result across the
     node's rules (a memo hung off the workspace by a weak reference, freed with it).
@@ -57,7 +58,7 @@ import numpy as np
 from .. import ad
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
-from .lstm_kernels import GATES_BACKWARD, GATES_FORWARD
+from .lstm_kernels import GATES_BACKWARD, GATES_FORWARD, STEP_FORWARD_F32
 
 __all__ = ["lstm_layer", "lstm_outputs", "lstm_layer_backward"]
 
@@ -106,17 +107,23 @@ def lstm_layer(*arrays):
     ws[steps, k:] = 0
     tmp = xp.empty((hidden, n), dtype=dtype)
     c_prev = xp.ascontiguousarray(xp.transpose(c0))
-    fused = GATES_FORWARD.get(ws)  # the gate arithmetic in one Numba pass, when available
+    whole = STEP_FORWARD_F32.get(ws) if dtype == np.float32 else None  # all after the GEMM
+    fused = GATES_FORWARD.get(ws) if whole is None else None  # the gate arithmetic only
+    half = dtype.type(0.5)
     matmul, tanh, multiply, add = xp.matmul, xp.tanh, xp.multiply, xp.add
     for t in range(steps):
         block = ws[t]
         act = block[k + hh :]
         matmul(w, block[:k], out=act)
+        if whole is not None:
+            whole(ws, t, k, c_prev, half)
+            c_prev = block[k : k + hidden]
+            continue
         tanh(act, act)
         o = act[3 * hidden :]
         c = block[k : k + hidden]
         if fused is not None:
-            fused(act, c_prev, c, ws.dtype.type(0.5))
+            fused(ws, t, k, c_prev, half)
         else:
             sig = act[:hh]  # i, f: sigmoid from tanh(z / 2)
             multiply(sig, 0.5, sig)
@@ -154,8 +161,9 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     """Backpropagation through time: the cotangents of the gate pre-activations.
 
     ``dy`` is the cotangent of ``lstm_outputs(ws, x, ...)`` ``(T + 1, N, H)``. Returns
-    ``((T + 1) N, 4H)``: rows ``t N .. (t + 1) N`` hold step ``t``'s ``dz`` (columns: gates
-    i, f, g, o), the last ``N`` rows the cotangent of ``c0`` (columns ``:H``, then zeros).
+    ``(4H, (T + 1) N)``: columns ``t N .. (t + 1) N`` hold step ``t``'s ``dz`` (rows: gates
+    i, f, g, o), the last ``N`` columns the cotangent of ``c0``, transposed (rows ``:H``, then
+    zeros).
     """
     xp = get_array_module(ws)
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
@@ -167,9 +175,11 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dc[...] = xp.transpose(dy[steps])
     c0_t = xp.transpose(c0)
     fused = GATES_BACKWARD.get(ws, dy)  # the step's 14 calls below in one Numba pass
+    out = xp.empty((4 * hidden, (steps + 1) * n), dtype=dtype)
     if fused is not None:
-        return _backward_fused(fused, dyh, dc, ws, c0_t, weight_hh, hidden, k)
-    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous: see below
+        _backward_fused(fused, dyh, dc, ws, c0_t, weight_hh, out, k)
+        _pack_dc0(xp, out, dc, ws, hidden, k)
+        return out
     u = xp.empty((hidden, n), dtype=dtype)
     s = xp.empty((4 * hidden, n), dtype=dtype)
     m = xp.empty((4 * hidden, n), dtype=dtype)
@@ -186,7 +196,7 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
         g, o = act[hh : 3 * hidden], act[3 * hidden :]
         dh = dyh[t]
         if t < steps - 1:  # dh += W_hh^T dz_{t+1}
-            matmul(w_t, dz[t + 1], out=u)
+            matmul(w_t, out[:, (t + 1) * n : (t + 2) * n], out=u)
             add(dh, u, dh)
             multiply(dc, ws[t + 1, k + 3 * hidden : k + 4 * hidden], dc)  # dc_{t+1} f_{t+1}
         # dc_t += dh o (1 - tanh(c)^2) = dh (o - h tanh(c)), as h = o tanh(c)
@@ -199,45 +209,35 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
         multiply(s, act, s)
         multiply(g, g, s_g)
         subtract(1, s_g, s_g)
-        # dz = [dc g, dc c_prev, dc i, dh tanh(c)] * s
+        # dz = [dc g, dc c_prev, dc i, dh tanh(c)] * s, straight into the packed output
         multiply(dc, g_and_i[t], m_ig)
         multiply(dc, ws[t - 1, k : k + hidden] if t else c0_t, m[hidden:hh])
         multiply(dh, tc, m[3 * hidden :])
-        multiply(m, s, dz[t])
-    # one transposing copy into the (T N, 4H) layout of the weight gradients' GEMMs
-    out = xp.empty(((steps + 1) * n, 4 * hidden), dtype=dtype)
-    out[: steps * n].reshape(steps, n, 4 * hidden)[...] = xp.transpose(dz, (0, 2, 1))
+        multiply(m, s, out[:, t * n : (t + 1) * n])
     _pack_dc0(xp, out, dc, ws, hidden, k)
     return out
 
 
 def _pack_dc0(xp, out, dc, ws, hidden, k):
-    """The last ``N`` rows of the packed output: ``dc_0 f_0`` (transposed), then zeros."""
-    steps_n = out.shape[0] - dc.shape[1]
-    out[steps_n:, :hidden] = xp.transpose(dc * ws[0, k + 3 * hidden : k + 4 * hidden])  # f_0
-    out[steps_n:, hidden:] = 0
+    """The last ``N`` columns of the packed output: ``dc_0 f_0``, then zeros."""
+    start = out.shape[1] - dc.shape[1]
+    xp.multiply(dc, ws[0, k + 3 * hidden : k + 4 * hidden], out[:hidden, start:])  # f_0
+    out[hidden:, start:] = 0
 
 
-def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, hidden, k):
+def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, out, k):
     """The loop of ``lstm_layer_backward`` with each step's gate arithmetic in one Numba
-    kernel, which also writes the step's ``dz`` into the packed output (no copy after)."""
-    steps, _, n = dyh.shape
+    kernel, which also writes the step's ``dz`` into the packed output ``out``."""
+    steps, hidden, n = dyh.shape
     dtype = ws.dtype
-    out = np.empty(((steps + 1) * n, 4 * hidden), dtype=dtype)
     dz = np.empty((4 * hidden, n), dtype=dtype)  # the current step's, stays in cache
-    u = np.zeros((hidden, n), dtype=dtype)  # the last step: no W_hh^T dz_{t+1}, no f_{t+1}
-    f_next = np.ones_like(u)
+    u = np.zeros((hidden, n), dtype=dtype)  # the last step: no W_hh^T dz_{t+1}
     c_prev0, w_t, one = np.ascontiguousarray(c0_t), np.transpose(weight_hh), dtype.type(1)
     for t in range(steps - 1, -1, -1):
-        block = ws[t]
         if t < steps - 1:
             np.matmul(w_t, dz, out=u)
-            f_next = ws[t + 1, k + 3 * hidden : k + 4 * hidden]
         c_prev = ws[t - 1, k : k + hidden] if t else c_prev0
-        tc, act = block[k + hidden : k + 2 * hidden], block[k + 2 * hidden :]
-        kernel(dyh[t], u, dc, f_next, act, tc, c_prev, dz, out, t * n, one)
-    _pack_dc0(np, out, dc, ws, hidden, k)
-    return out
+        kernel(dyh, u, dc, ws, t, k, c_prev, dz, out, one)
 
 
 ad.nodiff(lstm_outputs, "ws")
@@ -277,9 +277,9 @@ def _once(kind, fn, args):
 
 
 def _dz(*args):
-    """The gate cotangents ``(T N, 4H)`` of every step (args: those of the backward)."""
+    """The gate cotangents ``(4H, T N)`` of every step (args: those of the backward)."""
     steps, n = np.shape(args[2])[:2]
-    return _once("backward", lstm_layer_backward, args)[: steps * n]
+    return _once("backward", lstm_layer_backward, args)[:, : steps * n]
 
 
 def _stacked_weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
@@ -287,7 +287,7 @@ def _stacked_weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
     operands ``[h_{t-1}; x_t; 1]``, read from the workspace."""
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
     operands = np.reshape(np.transpose(ws[:steps, :k], (0, 2, 1)), (steps * n, k))
-    return np.transpose(_dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)) @ operands
+    return _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias) @ operands
 
 
 def _weight_grads(*args):
@@ -297,13 +297,13 @@ def _weight_grads(*args):
 @ad.diffrule(lstm_outputs, "x")
 def _outputs_dx(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return np.reshape(dz @ weight_ih, np.shape(x))
+    return np.reshape(np.transpose(dz) @ weight_ih, np.shape(x))
 
 
 @ad.diffrule(lstm_outputs, "h0")
 def _outputs_dh0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return dz[: np.shape(h0)[0]] @ weight_hh
+    return np.transpose(dz[:, : np.shape(h0)[0]]) @ weight_hh
 
 
 @ad.diffrule(lstm_outputs, "c0")
@@ -311,7 +311,7 @@ def _outputs_dc0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     args = (dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
     steps, n = np.shape(x)[:2]
     packed = _once("backward", lstm_layer_backward, args)
-    return packed[steps * n :, : np.shape(weight_hh)[1]]
+    return np.transpose(packed[: np.shape(weight_hh)[1], steps * n :])
 
 
 @ad.diffrule(lstm_outputs, "weight_ih")
@@ -391,9 +391,9 @@ def _reference_backward(dy, x, h0, c0, weight_ih, weight_hh, bias):
     gx = _projection(x, weight_ih, bias)
     _, back = ad.vjp(lambda gx, c0: _outputs_from_gx(gx, h0, c0, weight_hh), gx, c0)
     d_gx, d_c0 = back(dy)
-    dz = np.reshape(np.transpose(d_gx, (0, 2, 1)), (steps * n, 4 * hidden))
-    tail = np.concatenate([d_c0, np.zeros((n, 3 * hidden), x.dtype)], axis=1)
-    return np.concatenate([dz, tail], axis=0)
+    dz = np.reshape(np.transpose(d_gx, (1, 0, 2)), (4 * hidden, steps * n))
+    tail = np.concatenate([np.transpose(d_c0), np.zeros((3 * hidden, n), x.dtype)], axis=0)
+    return np.concatenate([dz, tail], axis=1)
 
 
 @ad.diffrule(lstm_layer, "arrays")

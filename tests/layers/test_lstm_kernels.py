@@ -80,7 +80,7 @@ def test_kernels_and_numpy_path_agree(monkeypatch, dtype, bias):
     ws0, packed0 = _run(monkeypatch, "0", args, dy)
     ws1, packed1 = _run(monkeypatch, "1", args, dy)
     assert ws1.dtype == ws0.dtype == dtype and packed1.dtype == dtype
-    assert packed1.shape == packed0.shape == ((5 + 1) * 3, 4 * 6)
+    assert packed1.shape == packed0.shape == (4 * 6, (5 + 1) * 3)
     tol = {"rtol": 1e-13, "atol": 1e-14} if dtype == np.float64 else {"rtol": 1e-5, "atol": 1e-6}
     np.testing.assert_allclose(ws1, ws0, **tol)
     np.testing.assert_allclose(packed1, packed0, **tol)
@@ -88,7 +88,7 @@ def test_kernels_and_numpy_path_agree(monkeypatch, dtype, bias):
 
 @pytest.mark.parametrize("flag", ["0", pytest.param("1", marks=needs_numba)])
 def test_each_path_matches_the_traced_reference(monkeypatch, flag):
-    """The packed layout ((T + 1) N, 4H) of either path is the reference's, value for value."""
+    """The packed layout (4H, (T + 1) N) of either path is the reference's, value for value."""
     args, dy = _args(steps=4, n=2, inputs=3, hidden=5)
     ws, packed = _run(monkeypatch, flag, args, dy)
     np.testing.assert_allclose(ws, recurrence_ops._reference_workspace(*args), rtol=1e-13)
