@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import init as initializers
 from ..functional import get_activation
-from .convolution import conv2d, conv_output_size, conv_transpose2d
+from .convolution import conv2d, conv2d_columns, conv_output_size, conv_transpose2d, use_columns
 from .model import Model, ShapeError, check_rank, describe
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
@@ -140,8 +140,13 @@ class Conv2d(_ConvBase):
         self._check_input(x, 4, "(N, C, H, W)")
         if any(s < 1 for s in self._out_size(x.shape)):
             raise ShapeError(self, f"input {describe(x)} is smaller than the kernel")
+        cols = None
+        if use_columns(x, self.weight, self.bias, self.stride, self.padding, self.groups):
+            # the im2col matrix as its own node: the filter gradient reuses it
+            cols = conv2d_columns(x, self.kernel_size, self.stride, self.padding,
+                                  self.dilation, self.bias is not None)  # fmt: skip
         y = conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                   self.groups)  # fmt: skip
+                   self.groups, cols)  # fmt: skip
         return self._activate(y)
 
     def _out_size(self, shape):

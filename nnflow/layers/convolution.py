@@ -34,11 +34,22 @@ second layer's three convolutions from ~37 to ~29 ms in isolation, and the train
 Tried and dropped: cache-sized column blocks (faster in isolation, slower inside the step: each
 block's 2-thread GEMM waits for both threads), a NHWC layout (its GEMM orientation suits
 OpenBLAS better, but col2im then adds runs of ``C`` values), 9 per-offset GEMMs for the filter
-gradient (K = C too small), flat columns for the filter gradient (they need a zero-padded copy
-of ``dy``), and reusing the forward's im2col matrix for the filter gradient (a cache that is
-safe only if it checks ``x``'s content, for ~1.5 ms a step at best, and only with the flat
-layout). Geometry arguments are normalised tuples: ``stride (sh, sw)``, ``padding ((top,
-bottom), (left, right))``, ``dilation (dh, dw)``, ``groups``.
+gradient (K = C too small), and flat columns for the filter gradient (they need a zero-padded
+copy of ``dy``, and the GEMM is 17% larger). Geometry arguments are normalised tuples: ``stride
+(sh, sw)``, ``padding ((top, bottom), (left, right))``, ``dilation (dh, dw)``, ``groups``.
+
+*The im2col cache.* ``conv2d_columns(x, ...)``, a fourth primitive, returns the compact im2col
+matrix (with a row of ones for the bias); ``conv2d(..., cols=)`` and ``conv2d_weight(...,
+cols=)`` take it instead of building their own (``cols`` is declared ``nodiff``: a cache of
+``x``, whose own rules carry the gradient; ``conv2d_columns``'s rule differentiates a traced
+reference). ``Conv2d`` builds it as its own tape node on NumPy arrays with one group
+(:func:`use_columns`), so the filter gradient reuses the forward's copy, as PyTorch's CPU
+convolution keeps its unfolded input for backward; a compiled step writes it into a planned
+buffer (made once: a fresh 21 MB array per step made glibc map and fault in new pages every
+call, 4000 page faults a step). The forward GEMM then runs on compact columns (the flat grid's
+1.17x columns dropped). On the ConvNet step: second layer's forward 8.4 -> 9.0 ms (the copy is
+now its own node), its filter gradient 7.2 -> 4.2 ms, and the relu after it reads a dense
+array; the step 36 -> 33 ms.
 
 With Numba (:mod:`nnflow.jit`; ``NNFLOW_NUMBA`` not ``"0"``) and NumPy arrays, three loops run
 as kernels of :mod:`~nnflow.layers.conv_kernels` with bitwise the same results: the flat
@@ -72,7 +83,15 @@ from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
 from .conv_kernels import COL2IM_FLAT, GRID_PAD, IM2COL_COMPACT
 
-__all__ = ["conv2d", "conv_transpose2d", "conv2d_weight", "conv_output_size", "conv_backend"]
+__all__ = [
+    "conv2d",
+    "conv_transpose2d",
+    "conv2d_weight",
+    "conv2d_columns",
+    "use_columns",
+    "conv_output_size",
+    "conv_backend",
+]
 
 ONE, NO_PAD = (1, 1), ((0, 0), (0, 0))
 _CUDNN_DTYPES = ("float16", "float32", "float64")
@@ -209,9 +228,10 @@ def _strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape, strides)  # CuPy's has no ``writeable``
 
 
-def _columns(x, geo, extra_row=False):
+def _columns(x, geo, extra_row=False, out=None):
     """The im2col matrix of ``x``: ``(C * kh * kw, m)`` (a copy), rows ordered ``(c, i, j)``
-    like ``w.reshape(O, -1)``'s columns; with ``extra_row`` one more row, left unset."""
+    like ``w.reshape(O, -1)``'s columns; with ``extra_row`` one more row, left unset. Written
+    into ``out`` if given (of that shape)."""
     xp = get_array_module(x)
     t = _channel_major(x, geo.padding)
     c, n, hp, wp = t.shape
@@ -223,14 +243,14 @@ def _columns(x, geo, extra_row=False):
     else:
         shape = (c, kh, kw, n, geo.ho, geo.wo)
         fused = IM2COL_COMPACT.get(t) if tuple(geo.stride) == ONE else None
-        if fused is not None:  # row by row (Numba): ~20% faster than NumPy's copy here
-            cols = np.empty((rows + extra_row, geo.m), t.dtype)
-            fused(t, cols[:rows].reshape(shape), dh, dw)
+        if fused is not None and (out is None or type(out) is np.ndarray):
+            cols = np.empty((rows + extra_row, geo.m), t.dtype) if out is None else out
+            fused(t, cols[:rows].reshape(shape), dh, dw)  # row by row (Numba): ~20% faster
             return cols
         view = _strided(xp, t, shape, (sc, srow * dh, scol * dw, sn, srow * sh, scol * sw))
-    if not extra_row:
+    if not extra_row and out is None:
         return view.reshape(rows, geo.m)
-    cols = xp.empty((rows + 1, geo.m), t.dtype)
+    cols = xp.empty((rows + extra_row, geo.m), t.dtype) if out is None else out
     cols[:rows].reshape(view.shape)[...] = view
     return cols
 
@@ -286,33 +306,83 @@ def _out_size(x_shape, kernel, stride, padding, dilation):
 
 
 @ad.primitive
-def conv2d(x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1):
+def conv2d(x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, cols=None):
     """2-D cross-correlation of ``x (N, C, H, W)`` with ``w (O, C/groups, kh, kw)``, plus ``b``.
+
+    ``cols``, if given, is ``conv2d_columns(x, ...)`` for this geometry (with its row of ones
+    when ``b`` is given): the GEMM then runs on it, and the filter gradient reuses it (a cache
+    of ``x``, not differentiated, as PyTorch's CPU convolution keeps its unfolded input).
 
     >>> conv2d(np.ones((2, 4, 5, 5)), np.ones((6, 2, 3, 3)), None, (2, 2), ((1, 1), (1, 1)),
     ...        (1, 1), 2).shape
     (2, 6, 3, 3)
     """
-    lib = _cudnn_for(padding, x, w, b)
+    lib = _cudnn_for(padding, x, w, b) if cols is None else None
     if lib is not None:
         return _cudnn_conv2d(lib, x, w, b, stride, padding, dilation, groups)
     xp = get_array_module(x)
     o, kernel = w.shape[0], w.shape[2:]
     out = _out_size(x.shape, kernel, stride, padding, dilation)
-    geo = _Geometry(x.shape, out, kernel, stride, padding, dilation)
+    geo = _Geometry(x.shape, out, kernel, stride, padding, dilation, flat=cols is None)
     wmat = w.reshape(o, -1)
     y = xp.empty((o, geo.size), dtype=xp.result_type(w.dtype, x.dtype))
+    if cols is not None:
+        _check_columns(cols, x, geo, b is not None, groups)
     if b is not None and groups == 1 and xp is np:  # the bias as one more GEMM column
-        cols = _columns(x, geo, extra_row=True)  # ... times a row of ones: no pass over y
-        cols[-1] = 1
+        if cols is None:  # ... times a row of ones: no pass over y
+            cols = _columns(x, geo, extra_row=True)
+            cols[-1] = 1
         wb = np.empty((o, wmat.shape[1] + 1), dtype=y.dtype)
         wb[:, :-1], wb[:, -1] = wmat, b
         _gemm(xp, 1, wb, cols, y[:, : geo.m])
         return _as_nchw(y, geo, o)
-    _gemm(xp, groups, wmat, _columns(x, geo), y[:, : geo.m])
+    _gemm(xp, groups, wmat, _columns(x, geo) if cols is None else cols, y[:, : geo.m])
     if b is not None:
         y[:, : geo.m] += b.reshape(o, 1)
     return _as_nchw(y, geo, o)
+
+
+@ad.primitive
+def conv2d_columns(x, kernel_size, stride=ONE, padding=NO_PAD, dilation=ONE, ones=False, *,
+                   out=None):  # fmt: skip
+    """The im2col matrix of ``x`` for this geometry in the compact layout (one column per
+    output position), ``(C kh kw [+ 1], N Ho Wo)``, with a last row of ones if ``ones`` (the
+    bias's row). Pass it as ``conv2d(..., cols=)``: the forward GEMM and the filter
+    gradient then share one copy. ``out``: an array of the result's shape and dtype to write
+    it into (what a compiled step passes).
+
+    >>> conv2d_columns(np.ones((2, 1, 4, 4)), (3, 3), ones=True).shape  # 9 + 1 rows, 2 * 2 * 2
+    (10, 8)
+    """
+    size = _out_size(x.shape, kernel_size, stride, padding, dilation)
+    geo = _Geometry(x.shape, size, tuple(kernel_size), stride, padding, dilation, flat=False)
+    cols = _columns(x, geo, extra_row=ones, out=out)
+    if ones:
+        cols[-1] = 1
+    return get_array_module(x).ascontiguousarray(cols)  # (a copy already: never a view of x)
+
+
+# a compiled step hands it a buffer (made once; the matrix is the step's largest array)
+conv2d_columns.__nnflow_out_kind__ = "out"
+
+
+def use_columns(x, w, b=None, stride=ONE, padding=NO_PAD, groups=1) -> bool:
+    """Whether ``conv2d`` on these arguments takes ``cols`` (``conv2d_columns``): NumPy arrays,
+    one group (cuDNN and grouped convolutions compute their own).
+
+    >>> use_columns(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))
+    True
+    """
+    return groups == 1 and get_array_module(x, w, b) is np
+
+
+def _check_columns(cols, x, geo, ones, groups):
+    rows = x.shape[1] * geo.kernel[0] * geo.kernel[1] + bool(ones)
+    if groups != 1 or tuple(cols.shape) != (rows, geo.m) or cols.dtype != x.dtype:
+        raise ValueError(
+            f"conv2d: cols {tuple(cols.shape)} {cols.dtype} is not conv2d_columns of x "
+            f"{tuple(x.shape)} {x.dtype} for this geometry ({rows}, {geo.m}), one group"
+        )
 
 
 @ad.primitive
@@ -374,16 +444,18 @@ def conv_transpose2d(y, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, gro
 
 
 @ad.primitive
-def conv2d_weight(x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, kernel_size=None):
+def conv2d_weight(x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, kernel_size=None,
+                  cols=None):  # fmt: skip
     """The transpose of ``conv2d`` w.r.t. its filter: ``sum_n dy * windows(x)``, shaped
-    ``(O, C/groups, kh, kw)`` (the filter gradient).
+    ``(O, C/groups, kh, kw)`` (the filter gradient). ``cols``: ``conv2d_columns(x, ...)``,
+    reused instead of building the im2col matrix again (with or without its row of ones).
 
     >>> conv2d_weight(np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2)), kernel_size=(3, 3))[0, 0]
     array([[4., 4., 4.],
            [4., 4., 4.],
            [4., 4., 4.]])
     """
-    lib = _cudnn_for(padding, x, dy)
+    lib = _cudnn_for(padding, x, dy) if cols is None else None
     if lib is not None:
         return _cudnn_conv2d_weight(lib, x, dy, stride, padding, dilation, groups, kernel_size)
     xp = get_array_module(x)
@@ -392,7 +464,12 @@ def conv2d_weight(x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1, ker
     # compact columns: dy is then the GEMM operand as it lies (channel-major) or one copy
     geo = _Geometry(x.shape, (ho, wo), kernel, stride, padding, dilation, flat=False)
     g = _grid(dy, geo)  # (O, m)
-    cols = _columns(x, geo)  # (C*kh*kw, m)
+    rows = x.shape[1] * kernel[0] * kernel[1]
+    if cols is None:
+        cols = _columns(x, geo)  # (C*kh*kw, m)
+    else:  # the forward's (compact) im2col matrix, maybe with its row of ones
+        _check_columns(cols, x, geo, cols.shape[0] > rows, groups)
+        cols = cols[:rows]
     # per group (cols @ dy^T)^T: OpenBLAS runs this orientation faster than dy @ cols^T here
     dw_t = xp.empty((cols.shape[0] // groups, o), dtype=xp.result_type(x.dtype, dy.dtype))
     _gemm_weight(xp, groups, cols, g, dw_t)
@@ -413,15 +490,18 @@ def _bias_grad(dy):
     return np.sum(dy, axis=(0, 2, 3))
 
 
-def _conv_dx(dy, y, x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1):
+def _conv_dx(dy, y, x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1,
+             cols=None):  # fmt: skip
     return conv_transpose2d(dy, w, None, stride, padding, dilation, groups, x.shape[2:])
 
 
-def _conv_dw(dy, y, x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1):
-    return conv2d_weight(x, dy, stride, padding, dilation, groups, w.shape[2:])
+def _conv_dw(dy, y, x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1,
+             cols=None):  # fmt: skip
+    return conv2d_weight(x, dy, stride, padding, dilation, groups, w.shape[2:], cols)
 
 
-def _conv_db(dy, y, x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1):
+def _conv_db(dy, y, x, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1,
+             cols=None):  # fmt: skip
     return _bias_grad(dy)
 
 
@@ -441,22 +521,50 @@ def _convt_db(g, out, y, w, b=None, stride=ONE, padding=NO_PAD, dilation=ONE, gr
 
 
 def _convw_dx(g, out, x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1,
-              kernel_size=None):  # fmt: skip
+              kernel_size=None, cols=None):  # fmt: skip
     return conv_transpose2d(dy, g, None, stride, padding, dilation, groups, x.shape[2:])
 
 
 def _convw_ddy(g, out, x, dy, stride=ONE, padding=NO_PAD, dilation=ONE, groups=1,
-               kernel_size=None):  # fmt: skip
+               kernel_size=None, cols=None):  # fmt: skip
     return conv2d(x, g, None, stride, padding, dilation, groups)
+
+
+def _reference_columns(x, kernel_size, stride=ONE, padding=NO_PAD, dilation=ONE, ones=False):
+    """``conv2d_columns`` written with traced NumPy calls (padding, slices, stack): what its
+    rule differentiates."""
+    out = _out_size(np.shape(x), kernel_size, stride, padding, dilation)
+    geo = _Geometry(np.shape(x), out, tuple(kernel_size), stride, padding, dilation, flat=False)
+    t = np.pad(np.transpose(x, (1, 0, 2, 3)), ((0, 0), (0, 0), *padding))
+    c = np.shape(t)[0]
+    (sh, sw), (dh, dw) = stride, dilation
+    span_h, span_w = sh * (geo.ho - 1) + 1, sw * (geo.wo - 1) + 1
+    rows = [
+        np.reshape(t[:, :, i * dh : i * dh + span_h : sh, j * dw : j * dw + span_w : sw],
+                   (c, geo.m))
+        for i, j, _ in geo.offsets()
+    ]  # fmt: skip
+    cols = np.reshape(np.stack(rows, axis=1), (-1, geo.m))
+    if ones:
+        cols = np.concatenate([cols, np.ones((1, geo.m), dtype=np.result_type(x))], axis=0)
+    return cols
+
+
+def _columns_dx(g, out, x, kernel_size, stride=ONE, padding=NO_PAD, dilation=ONE, ones=False):
+    geometry = (kernel_size, stride, padding, dilation, ones)
+    return ad.vjp(lambda x: _reference_columns(x, *geometry), x)[1](g)[0]
 
 
 for _fn, _rules in (
     (conv2d, {"x": _conv_dx, "w": _conv_dw, "b": _conv_db}),
     (conv_transpose2d, {"y": _convt_dy, "w": _convt_dw, "b": _convt_db}),
     (conv2d_weight, {"x": _convw_dx, "dy": _convw_ddy}),
+    (conv2d_columns, {"x": _columns_dx}),
 ):
     for _name, _rule in _rules.items():
         ad.diffrule(_fn, _name)(_rule)
+ad.nodiff(conv2d, "cols")  # a cache of x (x's own rule carries its gradient)
+ad.nodiff(conv2d_weight, "cols")
 
 
 # -- sample cases for the registry test (small: every entry is finite-differenced) ----------------
@@ -480,6 +588,13 @@ def _cases() -> list[Case]:
         b = r(w.shape[0])
         ysize = conv2d(x, w, None, *geo).shape
         dy = r(*ysize)
+
+        def with_columns(x, w, b, geo=geo, k=w.shape[2:]):
+            return conv2d(x, w, b, *geo, cols=conv2d_columns(x, k, *geo[:3], ones=True))
+
+        def weight_with_columns(x, dy, geo=geo, k=w.shape[2:]):
+            return conv2d_weight(x, dy, *geo, k, cols=conv2d_columns(x, k, *geo[:3]))
+
         cases += [
             Case(conv2d, lambda x, w, b, geo=geo: conv2d(x, w, b, *geo), (x, w, b), name),
             Case(
@@ -495,6 +610,16 @@ def _cases() -> list[Case]:
                 name,
             ),
         ]
+        if geo[3] == 1:  # the im2col cache (one group): conv2d and its filter gradient
+            cases += [
+                Case(conv2d, with_columns, (x, w, b), name + "-columns"),
+                Case(conv2d_weight, weight_with_columns, (x, dy), name + "-columns"),
+                Case(conv2d_columns, lambda x, geo=geo, k=w.shape[2:]: conv2d_columns(
+                    x, k, *geo[:3], ones=True), (x,), name),
+            ]  # fmt: skip
+    big = r(2, 2, 7, 6)  # without the row of ones, dilated
+    cases.append(Case(conv2d_columns, lambda x: conv2d_columns(x, (2, 3), ONE, NO_PAD, (2, 1)),
+                      (big,), "dilated"))  # fmt: skip
     return cases
 
 

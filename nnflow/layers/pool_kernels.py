@@ -17,10 +17,11 @@ They take 4-d arrays in memory order ``(A, B, H, W)`` (for a channel-major ``(N,
 array the caller passes its ``(C, N, H, W)`` transpose) and know no padding. Which runs:
 
 - ``max_pool_2x2`` and ``max_pool_scatter_2x2``: 2x2 windows, stride 2, tiling the input
-  (``MaxPool2d(2)`` on even sizes), one loop over the raveled arrays window by window
-  (measured on ``(64, 32, 24, 24)`` float32, 2 cores: forward 0.65 against NumPy's 1.35 ms,
-  scatter 2.1 against 5.9 ms alone; inside the ConvNet training step of ``benchmarks/``,
-  median of 60 calls, forward 2.3 -> 1.4 ms and scatter 5.4 -> 1.9 ms);
+  (``MaxPool2d(2)`` on even sizes), plane by plane, window by window (measured on ``(64, 32,
+  24, 24)`` float32, 2 cores: forward 0.5 against NumPy's 1.35 ms, scatter 0.7 against 5.9 ms
+  alone; inside the ConvNet training step of ``benchmarks/``, median of 50 calls, forward 2.3
+  -> 1.0 ms and scatter 5.4 -> 1.7 ms; one loop over the raveled arrays, with the window's
+  position computed from a flat index, ran 2x slower);
 - ``max_pool_scatter``: any other geometry without padding, one ``(H, W)`` plane at a time,
   the offsets the outer loop within a plane (the plane and ``left`` stay in cache; overlapping
   windows then add into ``dx`` in the NumPy path's order): 3x3 windows, stride 2, 9.6 against

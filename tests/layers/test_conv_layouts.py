@@ -215,3 +215,80 @@ def test_gemm_formulation_on_the_gpu_stand_in(fake_gpu, monkeypatch, padding):
     for path, grad in want[0].items():
         assert backend.device_of(g[0][path]) == "gpu"
         np.testing.assert_allclose(to_device(g[0][path], "cpu"), grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_the_im2col_cache_gives_the_references_values(geo):
+    """``conv2d(..., cols=conv2d_columns(x))`` and ``conv2d_weight(..., cols=)`` against the
+    loop references, with and without the bias's row of ones (one group; grouped
+    convolutions refuse a cache)."""
+    x_shape, w_shape, stride, padding, dilation, groups = geo
+    rng = np.random.default_rng(5)
+    x, w, b = rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=w_shape[0])
+    y = ref_conv2d(x, w, stride, padding, dilation, groups)
+    dy = rng.normal(size=y.shape)
+    dw = ref_transposes(x, w, dy, stride, padding, dilation, groups)[1]
+    args, geometry = (stride, padding, dilation, groups), (stride, padding, dilation)
+    cols = convolution.conv2d_columns(x, w_shape[2:], *geometry, ones=True)
+    bare = convolution.conv2d_columns(x, w_shape[2:], *geometry)
+    n_rows = x_shape[1] * w_shape[2] * w_shape[3]
+    assert cols.shape == (n_rows + 1, y.shape[0] * y.shape[2] * y.shape[3])
+    np.testing.assert_array_equal(cols[:-1], bare)
+    assert (cols[-1] == 1).all() and not np.shares_memory(bare, x)
+    if groups != 1:
+        with pytest.raises(ValueError, match="one group"):
+            conv2d(x, w, b, *args, cols=cols)
+        return
+    np.testing.assert_allclose(conv2d(x, w, b, *args, cols=cols), y + b[:, None, None],
+                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(conv2d(x, w, None, *args, cols=bare), y, atol=1e-12)
+    for c in (cols, bare):  # the filter gradient ignores the row of ones
+        np.testing.assert_allclose(conv2d_weight(x, dy, *args, w_shape[2:], cols=c), dw,
+                                   atol=1e-12)  # fmt: skip
+
+
+def test_a_cache_for_other_arguments_is_refused_naming_both_shapes():
+    x, w = np.ones((2, 3, 6, 6)), np.ones((4, 3, 3, 3))
+    cols = convolution.conv2d_columns(x, (3, 3))
+    with pytest.raises(ValueError, match=r"cols \(27, 32\).*x \(2, 3, 6, 6\).*\(28, 32\)"):
+        conv2d(x, w, np.ones(4), cols=cols)  # a bias needs the row of ones
+    with pytest.raises(ValueError, match="cols"):
+        conv2d(x[:1], w, None, cols=cols)  # another batch
+    with pytest.raises(ValueError, match="float32"):
+        conv2d(x, w, None, cols=cols.astype(np.float32))
+
+
+def test_conv2d_layer_records_the_cache_and_the_compiled_step_reuses_it():
+    """On NumPy the layer builds the im2col matrix as its own node: the compiled step passes
+    it to the forward GEMM and to the filter gradient (built once, into a planned buffer),
+    and the gradients are those of the uncached primitives."""
+    from nnflow.layers import Conv2d
+
+    layer = Conv2d(2, 3, 3, padding=1, rng=0, dtype=np.float64)
+    x = np.random.default_rng(6).normal(size=(2, 2, 6, 5))
+
+    def loss(m, x):
+        return np.sum(np.sin(m(x)))
+
+    source = ad.compile_grad(loss, wrt=(0, 1)).source(layer, x)
+    assert source.count("conv2d_columns(") == 1 and "out=B" in source.split("conv2d_columns(")[1]
+    assert source.count(", out=B") >= 1 and "conv2d_weight(" in source
+    value, (g_layer, g_x) = ad.compile_grad(loss, wrt=(0, 1))(layer, x)
+
+    def plain(x, w, b):
+        return np.sum(np.sin(conv2d(x, w, b, (1, 1), ((1, 1), (1, 1)))))
+
+    value0, (gx, gw, gb) = ad.grad(plain, x, layer.weight, layer.bias, wrt=(0, 1, 2))
+    np.testing.assert_allclose(value, value0, rtol=1e-12)
+    np.testing.assert_allclose(g_x, gx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g_layer[("weight",)], gw, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g_layer[("bias",)], gb, rtol=1e-10, atol=1e-12)
+    ad.gradcheck(loss, layer, x)
+
+
+def test_grouped_and_gpu_arrays_take_no_cache(fake_gpu):
+    from nnflow.backend import to_device
+
+    x, w = np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3))
+    assert convolution.use_columns(x, w) and not convolution.use_columns(x, w, groups=2)
+    assert not convolution.use_columns(to_device(x, "gpu"), to_device(w, "gpu"))

@@ -113,19 +113,69 @@ def test_layer_gradients_by_finite_differences_on_each_path(monkeypatch, flag):
 
 
 @needs_numba
-def test_the_kernels_run_when_numba_is_there(monkeypatch):
-    """With Numba enabled the loops call the kernels (once per step), not the NumPy calls."""
-    calls = {"forward": 0, "backward": 0}
-    for name, key in (("GATES_FORWARD", "forward"), ("GATES_BACKWARD", "backward")):
-        compiled = getattr(recurrence_ops, name).compiled
+@pytest.mark.parametrize(
+    "dtype, forward", [(np.float64, "GATES_FORWARD"), (np.float32, "STEP_FORWARD_F32")]
+)
+def test_the_kernels_run_when_numba_is_there(monkeypatch, dtype, forward):
+    """With Numba enabled the loops call the kernels (once per step), not the NumPy calls:
+    float32 the whole forward step after the GEMM, float64 the gate arithmetic only."""
+    names = ("GATES_FORWARD", "STEP_FORWARD_F32", "GATES_BACKWARD")
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(recurrence_ops, name)
 
-        def counting(*a, compiled=compiled, key=key):
-            calls[key] += 1
+        def counting(*a, compiled=real.compiled, name=name):
+            calls[name] += 1
             return compiled(*a)
 
-        fake = jit.Kernel(compiled)
-        monkeypatch.setattr(fake, "get", lambda *arrays, f=counting: f)
+        fake = jit.Kernel(real.fn)
+        monkeypatch.setattr(fake, "get", lambda *arrays, r=real, f=counting: r.get(*arrays) and f)
         monkeypatch.setattr(recurrence_ops, name, fake)
-    args, dy = _args(steps=7)
-    _run(monkeypatch, "1", args, dy)
-    assert calls == {"forward": 7, "backward": 7}
+    args, dy = _args(steps=7, dtype=dtype)
+    _run(monkeypatch, "1", args, dy.astype(dtype))
+    assert calls == {**dict.fromkeys(names, 0), forward: 7, "GATES_BACKWARD": 7}
+
+
+@needs_numba
+def test_tanh_f32_is_within_six_ulps_everywhere():
+    """The float32 forward's rational tanh, compiled as the kernel runs it, against tanh in
+    float64: <= 6 float32 ulps over [-12, 12] and near 0; exact at 0, -0.0, +-inf, NaN."""
+    numba = pytest.importorskip("numba")
+    jit._jitable(lstm_kernels.tanh_f32)
+
+    @numba.njit(error_model="numpy")
+    def run(x, out):
+        for i in range(x.size):
+            out[i] = lstm_kernels.tanh_f32(x[i])
+
+    grid = np.linspace(-12, 12, 400_001, dtype=np.float32)
+    small = np.linspace(-1e-3, 1e-3, 20_001, dtype=np.float32)
+    x = np.concatenate([grid, small, np.float32([7.90531, 8.0, 1e-30, -1e-30])])
+    out = np.empty_like(x)
+    run(x, out)
+    exact = np.tanh(x.astype(np.float64))
+    ulps = np.abs(out - exact) / np.spacing(np.abs(exact).astype(np.float32))
+    assert out.dtype == np.float32 and ulps.max() <= 6, ulps.max()
+    special = np.float32([0.0, -0.0, np.inf, -np.inf, np.nan])
+    got = np.empty_like(special)
+    run(special, got)
+    assert got[:4].tolist() == [0.0, 0.0, 1.0, -1.0] and np.signbit(got[1])
+    assert np.isnan(got[4])
+    assert lstm_kernels.tanh_f32(np.float32(0.5)) == run_one(run, 0.5)  # Python == compiled
+
+
+def run_one(run, value):
+    out = np.empty(1, np.float32)
+    run(np.float32([value]), out)
+    return out[0]
+
+
+@needs_numba
+def test_float32_forward_matches_float64_to_float32_precision(monkeypatch):
+    """The float32 step (rational tanh) stays within float32 rounding of the float64 layer."""
+    args, dy = _args(steps=20, n=4, inputs=5, hidden=16, seed=3)
+    ws64, packed64 = _run(monkeypatch, "1", args, dy)
+    ws32, packed32 = _run(monkeypatch, "1", tuple(a.astype(np.float32) for a in args),
+                          dy.astype(np.float32))  # fmt: skip
+    np.testing.assert_allclose(ws32, ws64, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(packed32, packed64, rtol=2e-4, atol=2e-5)
