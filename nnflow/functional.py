@@ -8,11 +8,11 @@ rational approximations, accurate to double precision). On NumPy arrays relu's d
 itself a primitive, ``relu_grad(dy, y)`` (its rule w.r.t. ``dy`` is ``relu_grad`` again), and
 ``relu``/``relu_grad`` run one Numba pass each (:mod:`nnflow.relu_kernels`, bitwise NumPy's
 results) when Numba is there (``NNFLOW_NUMBA``, see :mod:`nnflow.jit`) and the arrays are laid
-out alike with gaps in memory (a convolution's cropped output; on arrays that are one dense
-run NumPy's ufuncs are faster); on CuPy the rule stays ``dy * (y > 0)``, which a compiled GPU
-step fuses with its neighbours. Everything else is a composition whose
-derivative the tracer derives, and is numerically stable for extreme inputs (``softplus``,
-``log_softmax``, ``sigmoid`` at +-1000 give finite, exact results).
+out alike, dense in any axis order or with gaps in memory (a convolution's cropped output);
+on CuPy the rule stays ``dy * (y > 0)``, which a compiled GPU step fuses with its neighbours.
+Everything else is a composition whose derivative the tracer derives, and is numerically
+stable for extreme inputs (``softplus``, ``log_softmax``, ``sigmoid`` at +-1000 give finite,
+exact results).
 
 >>> import numpy as np
 >>> relu(np.array([-1.0, 2.0])).tolist(), float(sigmoid(np.array(0.0)))
@@ -76,13 +76,13 @@ def relu(x: Array, out: Array | None = None) -> Array:
     """
     fused = RELU_FORWARD.get(x) if out is None or type(out) is np.ndarray else None
     rows = None
-    if fused is not None:
+    if fused is not None and _alias(out, x) is not None:
         dest = np.empty_like(x) if out is None else out  # (empty_like: laid out as x is)
         rows = _dense_run(x, dest) or _rows(x, dest)
     if rows is None:
         return get_array_module(x).maximum(x, 0, out=out)
     bufs, shape, descs = rows
-    fused(*bufs, *shape, *(v for d in descs for v in d), x.dtype.type(0))
+    fused(*bufs, *shape, *(v for d in descs for v in d), x.dtype.type(0), dest is x)
     return dest
 
 
@@ -99,7 +99,8 @@ def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
     """
     fused = RELU_BACKWARD.get(dy, y) if out is None or type(out) is np.ndarray else None
     rows = None
-    if fused is not None and (out is not None or dy.strides == y.strides):
+    alias = None if fused is None else _alias(out, dy, y)
+    if alias is not None and (out is not None or dy.strides == y.strides):
         dest = np.empty_like(dy) if out is None else out  # (laid out as dy and y are)
         rows = _dense_run(dy, y, dest) or _rows(dy, y, dest)
     if rows is None:
@@ -107,8 +108,23 @@ def relu_grad(dy: Array, y: Array, out: Array | None = None) -> Array:
         return dy * (y > 0) if out is None else xp.multiply(dy, y > 0, out=out)
     bufs, shape, descs = rows
     one = dy.dtype.type(1)
-    fused(*bufs, *shape, *(v for d in descs for v in d), one - one, one)
+    fused(*bufs, *shape, *(v for d in descs for v in d), one - one, one, alias)
     return dest
+
+
+def _alias(out, *inputs) -> int | None:
+    """For the kernels: 0 if ``out`` is ``None`` or shares no memory with ``inputs``, ``k``
+    if it is the ``k``-th input (the same memory and strides: written in place), ``None`` if
+    it overlaps an input otherwise (NumPy, which buffers overlaps, runs then)."""
+    if out is None:
+        return 0
+    for k, a in enumerate(inputs, 1):
+        if out is a:
+            return k
+        if np.may_share_memory(out, a):  # (bounds only: cheap)
+            same = out.ctypes.data == a.ctypes.data and out.strides == a.strides
+            return k if same and out.shape == a.shape else None
+    return 0
 
 
 relu_grad.__nnflow_out_kind__ = "elementwise"
