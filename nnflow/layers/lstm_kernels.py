@@ -99,11 +99,12 @@ def gates_forward(ws, t, k, c_prev, half):
 def step_forward_f32(ws, t, k, c_prev, half):
     """One whole float32 forward step after the GEMM ``ws[t, k + 2H:] = W [h; x; 1]`` (the
     i, f, o rows of ``W`` halved): the activations i, f, g, o in place, ``c``, ``tanh(c)`` and
-    ``h = o tanh(c)`` into ``ws[t + 1, :H]``; ``tanh`` is :func:`tanh_f32`."""
+    ``h = o tanh(c)`` into ``ws[t + 1, :H]``; ``tanh`` is :func:`tanh_f32`. ``c_prev`` is
+    ``c_0`` (read at ``t = 0``; later steps read ``c_{t-1}`` from the workspace)."""
     s = c_prev.size
     block = ws[t].ravel()
-    cp = c_prev.ravel()
     a = k * ws.shape[2]
+    cp = ws[t - 1].ravel()[a : a + s] if t > 0 else c_prev.ravel()
     c, tc = block[a : a + s], block[a + s : a + 2 * s]
     ai, af = block[a + 2 * s : a + 3 * s], block[a + 3 * s : a + 4 * s]
     ag, ao = block[a + 4 * s : a + 5 * s], block[a + 5 * s : a + 6 * s]
@@ -124,19 +125,20 @@ def step_forward_f32(ws, t, k, c_prev, half):
         h_next[m] = o * tcm
 
 
-def gates_backward(dyh, u, dc, ws, t, k, c_prev, dz):
+def gates_backward(dyh, u, dc, ws, t, k, c0, dzs):
     """Backward step ``t``. With ``dyh[t]`` the cotangent of the step's output ``h`` and ``u =
     W_hh^T dz_{t+1}`` (zeros at the last step, where ``f_{t+1}`` counts as ones): ``dh =
     dyh[t] + u``, ``dc = dc f_{t+1} + dh o (1 - tanh(c)^2)`` (in place) and the gate
-    cotangents ``dz = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dh tanh(c) o(1-o)]``
-    ``(4H, N)``. All C-contiguous."""
+    cotangents ``dzs[t] = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dh tanh(c) o(1-o)]``
+    ``(4H, N)`` (``c_prev`` is ``c0`` at ``t = 0``, else read from the workspace). All
+    C-contiguous."""
     s = dc.size
     n = ws.shape[2]
     one = dc.dtype.type(1)
-    dh, ur, dcr, dzr = dyh[t].ravel(), u.ravel(), dc.ravel(), dz.ravel()
+    dh, ur, dcr, dzr = dyh[t].ravel(), u.ravel(), dc.ravel(), dzs[t].ravel()
     block = ws[t].ravel()
-    cp = c_prev.ravel()
     a = k * n
+    cp = ws[t - 1].ravel()[a : a + s] if t > 0 else c0.ravel()
     tc = block[a + s : a + 2 * s]
     ai, af = block[a + 2 * s : a + 3 * s], block[a + 3 * s : a + 4 * s]
     ag, ao = block[a + 4 * s : a + 5 * s], block[a + 5 * s : a + 6 * s]

@@ -111,14 +111,16 @@ def lstm_layer(*arrays):
     fused = GATES_FORWARD.get(ws) if whole is None else None  # the gate arithmetic only
     half = dtype.type(0.5)
     matmul, tanh, multiply, add = xp.matmul, xp.tanh, xp.multiply, xp.add
+    if whole is not None:  # (the loop with the least Python per step)
+        operands, acts = ws[:, :k], ws[:, k + hh :]
+        for t in range(steps):
+            matmul(w, operands[t], out=acts[t])
+            whole(ws, t, k, c_prev, half)
+        return ws
     for t in range(steps):
         block = ws[t]
         act = block[k + hh :]
         matmul(w, block[:k], out=act)
-        if whole is not None:
-            whole(ws, t, k, c_prev, half)
-            c_prev = block[k : k + hidden]
-            continue
         tanh(act, act)
         o = act[3 * hidden :]
         c = block[k : k + hidden]
@@ -241,11 +243,10 @@ def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, dz, k):
     steps, hidden, n = dyh.shape
     u = np.zeros((hidden, n), dtype=ws.dtype)  # the last step: no W_hh^T dz_{t+1}
     c_prev0, w_t = np.ascontiguousarray(c0_t), np.transpose(weight_hh)
-    for t in range(steps - 1, -1, -1):
-        if t < steps - 1:
-            np.matmul(w_t, dz[t + 1], out=u)
-        c_prev = ws[t - 1, k : k + hidden] if t else c_prev0
-        kernel(dyh, u, dc, ws, t, k, c_prev, dz[t])
+    kernel(dyh, u, dc, ws, steps - 1, k, c_prev0, dz)
+    for t in range(steps - 2, -1, -1):
+        np.matmul(w_t, dz[t + 1], out=u)
+        kernel(dyh, u, dc, ws, t, k, c_prev0, dz)
 
 
 ad.nodiff(lstm_outputs, "ws")
