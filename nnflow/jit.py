@@ -96,21 +96,28 @@ class Kernel:
     """
 
     def __init__(
-        self, fn: Callable[..., Any], cache: bool = True, helpers: tuple[Callable, ...] = ()
+        self,
+        fn: Callable[..., Any],
+        cache: bool = True,
+        helpers: tuple[Callable, ...] = (),
+        fastmath: frozenset[str] = frozenset(),
     ):
-        self.fn, self.cache, self.helpers = fn, cache, helpers
+        self.fn, self.cache, self.helpers, self.fastmath = fn, cache, helpers, set(fastmath)
         self.__doc__ = fn.__doc__
 
     @functools.cached_property
     def compiled(self) -> Callable[..., Any]:
         """The Numba-compiled function (compiled per signature on its first call); the
-        ``helpers`` it calls (plain functions of its module) compile along with it."""
+        ``helpers`` it calls (plain functions of its module) compile along with it, and
+        ``fastmath`` lists LLVM's fast-math flags it may use (``{"reassoc"}`` lets a sum
+        vectorise)."""
         numba = _load_numba()
         for helper in self.helpers:
             _jitable(helper)
         # NumPy's error model: float division gives inf/NaN, not ZeroDivisionError (as the
         # NumPy paths do), and without that check a loop with a division vectorises
-        return numba.njit(cache=self.cache, nogil=True, error_model="numpy")(self.fn)
+        options = {"fastmath": self.fastmath} if self.fastmath else {}
+        return numba.njit(cache=self.cache, nogil=True, error_model="numpy", **options)(self.fn)
 
     def get(self, *arrays: Any) -> Callable[..., Any] | None:
         """The compiled kernel if it may run on these arrays, else ``None``."""

@@ -125,3 +125,51 @@ def test_loss_errors():
         L.nll(LOGITS, np.array([0.0, 1.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="label_smoothing"):
         L.cross_entropy(LOGITS, LABELS, label_smoothing=2.0)
+
+
+@pytest.mark.parametrize("flag", ["0", "1"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_squares_on_each_path(monkeypatch, flag, dtype):
+    """``sum_squares`` (mse's reduction): the kernel (float64 accumulator) and NumPy's
+    ``sum(x * x)`` both against an exact float64 sum of the rounded squares, on dense arrays
+    of any axis order and on strided ones (which always take NumPy); its rule by gradcheck."""
+    if flag == "1":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(64, 30, 50)).astype(dtype)
+    for x in (base, base.transpose(2, 0, 1), base[:, ::2]):
+        got = L.sum_squares(x)
+        exact = np.sum((x * x).astype(np.float64))  # the squares rounded as NumPy rounds them
+        assert got.dtype == dtype and got.shape == ()
+        rtol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(float(got), exact, rtol=rtol)
+    ad.gradcheck(L.sum_squares, rng.normal(size=(3, 5)))
+    t = rng.normal(size=(6, 7))
+    grad = ad.grad(lambda x: L.mse(x, t), t + 1.0)[1][0]  # 2 (x - t) / n
+    np.testing.assert_allclose(grad, np.full(t.shape, 2 / 42))
+
+
+def test_sum_squares_kernel_runs_on_dense_float_arrays(monkeypatch):
+    pytest.importorskip("numba")
+    from nnflow import jit
+
+    calls = []
+    real = L.SUM_SQUARES
+    fake = jit.Kernel(real.fn)
+    fake.__dict__["compiled"] = lambda x: calls.append(x.shape) or real.compiled(x)
+    monkeypatch.setattr(L, "SUM_SQUARES", fake)
+    monkeypatch.setenv("NNFLOW_NUMBA", "1")
+    L.sum_squares(np.ones((4, 5), np.float32).T)
+    L.sum_squares(np.ones((4, 10))[:, ::2])  # strided: NumPy
+    L.sum_squares(np.ones((4, 5), np.float16))  # no float16 kernel
+    assert calls == [(20,)]
+
+
+def test_reduction_kernels_docstring_runs():
+    import doctest
+
+    from nnflow import reduction_kernels
+
+    result = doctest.testmod(reduction_kernels)
+    assert result.attempted > 0 and result.failed == 0
