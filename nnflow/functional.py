@@ -29,6 +29,7 @@ import numpy as np
 from . import ad
 from .ad.rules import Case, register_cases
 from .backend import get_array_module
+from .jit import flat_views
 from .relu_kernels import RELU_BACKWARD, RELU_FORWARD
 
 __all__ = [
@@ -131,27 +132,13 @@ relu_grad.__nnflow_out_kind__ = "elementwise"
 
 
 def _dense_run(*arrays):
-    """The arguments of the kernels of :mod:`nnflow.relu_kernels` for NumPy arrays of one
-    shape, dtype and strides that fill their memory without gaps (C-contiguous, or any axis
-    order, such as a channel-major ``(N, C, H, W)``): each array as one 1-d run in memory order,
-    ``(1, 1, size)``; ``None`` otherwise (:func:`_rows` then tries, else NumPy runs).
-
-    The cheap common case (~1 us to build): on such arrays the kernels run 2-4x faster than
-    NumPy's ``maximum`` and ``dy * (y > 0)`` (float32, 4K to 1.2M entries, 2 cores)."""
-    first = arrays[0]
-    if first.size == 0 or any(
-        a.strides != first.strides or a.shape != first.shape or a.dtype != first.dtype
-        for a in arrays
-    ):
-        return None
-    if not (first.flags.c_contiguous or first.flags.f_contiguous):
-        inner = first.itemsize  # dense in some axis order: strides sorted are the products
-        for stride, n in sorted(zip(first.strides, first.shape, strict=True)):
-            if n > 1 and stride != inner:
-                return None
-            inner *= n
-    bufs = [a.ravel(order="K") for a in arrays]  # a view: dense, positive strides
-    return bufs, (1, 1, first.size), [(0, 0, 0)] * len(arrays)
+    """The arguments of the kernels of :mod:`nnflow.relu_kernels` for arrays that
+    :func:`nnflow.jit.flat_views` takes (one layout, no gaps in memory): each array as one 1-d
+    run in memory order, ``(1, 1, size)``; ``None`` otherwise (:func:`_rows` then tries, else
+    NumPy runs). On such arrays the kernels run 2-4x faster than NumPy's ``maximum`` and
+    ``dy * (y > 0)`` (float32, 4K to 1.2M entries, 2 cores)."""
+    bufs = flat_views(*arrays)
+    return None if bufs is None else (bufs, (1, 1, arrays[0].size), [(0, 0, 0)] * len(arrays))
 
 
 def _rows(*arrays):

@@ -19,7 +19,8 @@ import numpy as np
 from . import ad
 from .ad.rules import Case, register_cases
 from .backend import get_array_module
-from .functional import _dense_run, log_softmax
+from .functional import log_softmax
+from .jit import flat_views
 from .reduction_kernels import SUM_SQUARES
 
 __all__ = [
@@ -79,10 +80,10 @@ def sum_squares(x: Array) -> Array:
     25.0
     """
     fused = SUM_SQUARES.get(x)
-    run = None if fused is None else _dense_run(x)
-    if run is None:
+    flat = None if fused is None else flat_views(x)
+    if flat is None:
         return get_array_module(x).sum(x * x)
-    return np.asarray(fused(run[0][0]), dtype=x.dtype)
+    return np.asarray(fused(flat[0]), dtype=x.dtype)
 
 
 @ad.diffrule(sum_squares, "x")

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..backend import get_array_module
+from ..jit import flat_views
 from .optimizer import Optimizer, zeros_like
+from .update_kernels import SGD_UPDATE
 
 __all__ = ["SGD"]
 
@@ -89,5 +93,11 @@ class SGD(Optimizer):
                 else:
                     buf += grad
             grad = grad + momentum * buf if hp["nesterov"] else buf
-        # param -= lr * grad, without allocating lr * grad (torch's param.add_(grad, alpha=-lr))
+        # param -= lr * grad, without allocating lr * grad (torch's param.add_(grad, alpha=-lr)):
+        # one Numba pass where it can (bitwise the same), else through a reused scratch array
+        fused = SGD_UPDATE.get(param, grad)
+        flat = None if fused is None or not param.flags.writeable else flat_views(param, grad)
+        if flat is not None and not np.may_share_memory(param, grad):
+            fused(*flat, param.dtype.type(lr))
+            return
         param -= xp.multiply(grad, lr, out=self.scratch_like(param))

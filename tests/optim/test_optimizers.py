@@ -320,3 +320,42 @@ def test_every_device_matches_cpu(device, cls, ref, torch_name, kwargs):
         np.testing.assert_allclose(to_device(on_device[name], "cpu"), want[name], rtol=1e-10)
     for state in opt.state.values():
         assert all(device_of(v) == device for k, v in state.items() if k != "step")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_update_kernel_is_bitwise_numpys(monkeypatch, dtype):
+    """The one-pass update (``nnflow.optim.update_kernels``) against the scratch-array path:
+    the same bits, for C-ordered and transposed parameters; other layouts and dtypes, and a
+    gradient that is the parameter itself, take NumPy; the kernel runs where it should."""
+    pytest.importorskip("numba")
+    from nnflow import jit
+    from nnflow.optim import sgd as sgd_module
+
+    calls = []
+    real = sgd_module.SGD_UPDATE
+    fake = jit.Kernel(real.fn)
+    fake.__dict__["compiled"] = lambda p, g, lr: calls.append(p.size) or real.compiled(p, g, lr)
+    monkeypatch.setattr(sgd_module, "SGD_UPDATE", fake)
+    rng = np.random.default_rng(9)
+    base = {
+        "w": rng.normal(size=(7, 5)).astype(dtype),
+        "t": np.ascontiguousarray(rng.normal(size=(5, 3)).astype(dtype)).T,
+        "mixed": rng.normal(size=4).astype(dtype),
+    }
+    grads = {
+        ("w",): rng.normal(size=(7, 5)).astype(dtype),
+        ("t",): np.ascontiguousarray(rng.normal(size=(5, 3)).astype(dtype)).T,
+        ("mixed",): rng.normal(size=4).astype(np.float32 if dtype == np.float64 else np.float64),
+    }
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NNFLOW_NUMBA", flag)
+        params = {k: v.copy(order="K") for k, v in base.items()}
+        SGD(params, lr=0.37).step(grads)
+        results.append(params)
+    for key in base:
+        assert results[1][key].tobytes() == results[0][key].tobytes(), key
+    assert calls == [35, 15]
+    params = {"w": base["w"].copy()}
+    SGD(params, lr=0.5).step({("w",): params["w"]})  # the gradient is the parameter: NumPy
+    np.testing.assert_array_equal(params["w"], base["w"] * dtype(0.5))
