@@ -58,7 +58,7 @@ import numpy as np
 from .. import ad
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
-from .lstm_kernels import GATES_BACKWARD, GATES_FORWARD, STEP_FORWARD_F32
+from .lstm_kernels import GATES_BACKWARD, GATES_FORWARD, PACK_STEPS, STEP_FORWARD_F32
 
 __all__ = ["lstm_layer", "lstm_outputs", "lstm_layer_backward"]
 
@@ -184,7 +184,11 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     # one copy into the packed layout: writing each step's columns there directly (runs of N
     # 6.5 KB apart) cost as much inside the loop, ~20 us a step (T = 50, N = 32, H = 128)
     out = xp.empty((4 * hidden, (steps + 1) * n), dtype=dtype)
-    out[:, : steps * n].reshape(4 * hidden, steps, n)[...] = xp.transpose(dz, (1, 0, 2))
+    pack = PACK_STEPS.get(dz, out)
+    if pack is not None:
+        pack(dz, out)
+    else:
+        out[:, : steps * n].reshape(4 * hidden, steps, n)[...] = xp.transpose(dz, (1, 0, 2))
     _pack_dc0(xp, out, dc, ws, hidden, k)
     return out
 

@@ -119,7 +119,7 @@ def test_layer_gradients_by_finite_differences_on_each_path(monkeypatch, flag):
 def test_the_kernels_run_when_numba_is_there(monkeypatch, dtype, forward):
     """With Numba enabled the loops call the kernels (once per step), not the NumPy calls:
     float32 the whole forward step after the GEMM, float64 the gate arithmetic only."""
-    names = ("GATES_FORWARD", "STEP_FORWARD_F32", "GATES_BACKWARD")
+    names = ("GATES_FORWARD", "STEP_FORWARD_F32", "GATES_BACKWARD", "PACK_STEPS")
     calls = dict.fromkeys(names, 0)
     for name in names:
         real = getattr(recurrence_ops, name)
@@ -133,7 +133,7 @@ def test_the_kernels_run_when_numba_is_there(monkeypatch, dtype, forward):
         monkeypatch.setattr(recurrence_ops, name, fake)
     args, dy = _args(steps=7, dtype=dtype)
     _run(monkeypatch, "1", args, dy.astype(dtype))
-    assert calls == {**dict.fromkeys(names, 0), forward: 7, "GATES_BACKWARD": 7}
+    assert calls == {**dict.fromkeys(names, 0), forward: 7, "GATES_BACKWARD": 7, "PACK_STEPS": 1}
 
 
 @needs_numba
