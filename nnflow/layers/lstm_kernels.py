@@ -10,11 +10,12 @@ Numba's dispatcher ~0.2 us). The GEMMs stay in NumPy (BLAS).
   NumPy path, term for term); NumPy's ``tanh(c_t)`` and ``h_t = o tanh(c_t)`` follow.
 - ``step_forward_f32`` (float32): the whole step after the GEMM, ``tanh`` included, as one pass:
   ``tanh`` is the rational approximation that XLA and Eigen use for float32 (odd degree 13 over
-  even degree 6, clamped at +-7.9053, ``x`` itself below 4e-4), which vectorises (NumPy's
-  ``tanh`` is a call per array; Numba's ``math.tanh`` a libm call per entry). Against
-  ``tanh`` in float64 it is within 6 float32 ulps (3.4e-7) everywhere, NumPy's float32 ``tanh``
-  within 1.4; NaN stays NaN and +-inf give +-1. Measured on the LSTM benchmark's step (H = 128,
-  N = 32, 2 cores): ~37 -> ~12 us after the GEMM.
+  even degree 6, +-1 from +-7.9053 on, ``x`` itself below 4e-4), which vectorises (NumPy's
+  ``tanh`` is a call per array; Numba's ``math.tanh`` a libm call per entry), compiled with
+  fused multiply-adds (``fastmath={"contract"}``: 17.5 -> 10 us a step alone). Against
+  ``tanh`` in float64 it is within 6 float32 ulps everywhere, NumPy's float32 ``tanh`` within
+  1.4; NaN stays NaN and +-inf give +-1. Measured on the LSTM benchmark's step (H = 128,
+  N = 32, 2 cores): ~37 -> ~12 us after the GEMM inside the loop, before the FMAs.
 - ``gates_backward``: the backward step's 14 NumPy calls, writing the step's gate cotangents
   as one contiguous ``(4H, N)`` block (the caller copies all steps into the packed layout
   at the end, 0.4 ms: writing each step's block straight into the packed ``(4H, (T + 1) N)``
@@ -52,6 +53,7 @@ __all__ = [
 
 # tanh's float32 rational approximation: odd numerator, even denominator, clamp, tiny cutoff
 _CLAMP = np.float32(7.90531110763549805)
+_ONE = np.float32(1.0)
 _TINY = np.float32(0.0004)
 _ALPHA = tuple(np.float32(a) for a in (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
@@ -71,7 +73,9 @@ def tanh_f32(v):
     x2 = x * x
     p = ((((((_A13 * x2 + _A11) * x2 + _A9) * x2 + _A7) * x2 + _A5) * x2 + _A3) * x2 + _A1) * x
     q = ((_B6 * x2 + _B4) * x2 + _B2) * x2 + _B0
-    return v if -_TINY < v < _TINY else p / q
+    y = _ONE if v >= _CLAMP else p / q  # +-1 from the clamp on (exactly, whatever the FMAs)
+    y = -_ONE if v <= -_CLAMP else y
+    return v if -_TINY < v < _TINY else y
 
 
 def gates_forward(ws, t, k, c_prev, half):
@@ -177,6 +181,8 @@ def pack_steps(dz, out):
 
 
 GATES_FORWARD = Kernel(gates_forward)
-STEP_FORWARD_F32 = Kernel(step_forward_f32, helpers=(tanh_f32,))
+# contract: multiply-adds as FMAs (tanh's polynomials; 20 -> 9 us a step alone, and no less
+# accurate); not for the other kernels, whose results match NumPy's roundings
+STEP_FORWARD_F32 = Kernel(step_forward_f32, helpers=(tanh_f32,), fastmath=frozenset({"contract"}))
 GATES_BACKWARD = Kernel(gates_backward)
 PACK_STEPS = Kernel(pack_steps)
