@@ -77,13 +77,14 @@ def relu(x: Array, out: Array | None = None) -> Array:
     """
     fused = RELU_FORWARD.get(x) if out is None or type(out) is np.ndarray else None
     rows = None
-    if fused is not None and _alias(out, x) is not None:
+    alias = None if fused is None else _alias(out, x)
+    if alias is not None:
         dest = np.empty_like(x) if out is None else out  # (empty_like: laid out as x is)
         rows = _dense_run(x, dest) or _rows(x, dest)
     if rows is None:
         return get_array_module(x).maximum(x, 0, out=out)
     bufs, shape, descs = rows
-    fused(*bufs, *shape, *(v for d in descs for v in d), x.dtype.type(0), dest is x)
+    fused(*bufs, *shape, *(v for d in descs for v in d), x.dtype.type(0), alias == 1)
     return dest
 
 
@@ -167,8 +168,6 @@ def _rows(*arrays):
         else:
             merged.insert(0, (n, strides))
     if len(merged) > 3:
-        return None
-    if len(merged) == 1:  # one dense run: _dense_run's case (different strides here)
         return None
     while len(merged) < 3:
         merged.insert(0, (1, [0] * len(arrays)))

@@ -64,7 +64,7 @@ def mse(input: Array, target: Array, reduction: str = "mean") -> Array:  # noqa:
     _same_shape("mse", input, target)
     diff = input - target
     if reduction == "mean":
-        return sum_squares(diff) / max(np.size(diff), 1)
+        return sum_squares(diff) / np.size(diff)  # (empty: NaN, as np.mean)
     if reduction == "sum":
         return sum_squares(diff)
     return _reduce(diff * diff, reduction, "mse")

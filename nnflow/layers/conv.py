@@ -141,7 +141,7 @@ class Conv2d(_ConvBase):
         if any(s < 1 for s in self._out_size(x.shape)):
             raise ShapeError(self, f"input {describe(x)} is smaller than the kernel")
         cols = None
-        if use_columns(x, self.weight, self.bias, self.stride, self.padding, self.groups):
+        if use_columns(x, self.weight, self.bias, self.groups):
             # the im2col matrix as its own node: the filter gradient reuses it
             cols = conv2d_columns(x, self.kernel_size, self.stride, self.padding,
                                   self.dilation, self.bias is not None)  # fmt: skip

@@ -356,17 +356,20 @@ def conv2d_columns(x, kernel_size, stride=ONE, padding=NO_PAD, dilation=ONE, one
     """
     size = _out_size(x.shape, kernel_size, stride, padding, dilation)
     geo = _Geometry(x.shape, size, tuple(kernel_size), stride, padding, dilation, flat=False)
-    cols = _columns(x, geo, extra_row=ones, out=out)
+    if out is None:  # always a fresh array (for a 1x1 kernel a reshape could be a view of x)
+        rows = x.shape[1] * geo.kernel[0] * geo.kernel[1] + bool(ones)
+        out = get_array_module(x).empty((rows, geo.m), dtype=x.dtype)
+    _columns(x, geo, extra_row=ones, out=out)
     if ones:
-        cols[-1] = 1
-    return get_array_module(x).ascontiguousarray(cols)  # (a copy already: never a view of x)
+        out[-1] = 1
+    return out
 
 
 # a compiled step hands it a buffer (made once; the matrix is the step's largest array)
 conv2d_columns.__nnflow_out_kind__ = "out"
 
 
-def use_columns(x, w, b=None, stride=ONE, padding=NO_PAD, groups=1) -> bool:
+def use_columns(x, w, b=None, groups=1) -> bool:
     """Whether ``conv2d`` on these arguments takes ``cols`` (``conv2d_columns``): NumPy arrays,
     one group (cuDNN and grouped convolutions compute their own).
 

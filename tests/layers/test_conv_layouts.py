@@ -286,6 +286,19 @@ def test_conv2d_layer_records_the_cache_and_the_compiled_step_reuses_it():
     ad.gradcheck(loss, layer, x)
 
 
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_the_cache_is_never_a_view_of_x(monkeypatch, flag):
+    """A 1x1 kernel's im2col matrix is ``x`` reshaped: the cache must still be a copy (a later
+    in-place change of ``x`` must not change what the filter gradient reads), on either path."""
+    monkeypatch.setenv("NNFLOW_NUMBA", flag)
+    x = np.ascontiguousarray(
+        np.random.default_rng(3).normal(size=(3, 2, 4, 4)).transpose(1, 0, 2, 3)
+    ).transpose(1, 0, 2, 3)
+    cols = convolution.conv2d_columns(x, (1, 1))
+    assert not np.shares_memory(cols, x)
+    np.testing.assert_array_equal(cols, x.transpose(1, 0, 2, 3).reshape(2, -1))
+
+
 def test_grouped_and_gpu_arrays_take_no_cache(fake_gpu):
     from nnflow.backend import to_device
 

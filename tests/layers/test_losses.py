@@ -173,3 +173,9 @@ def test_reduction_kernels_docstring_runs():
 
     result = doctest.testmod(reduction_kernels)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_mse_of_empty_arrays_is_nan_as_numpys_mean():
+    with np.errstate(invalid="ignore", divide="ignore"):
+        assert np.isnan(L.mse(np.zeros((0, 3)), np.zeros((0, 3))))
+        assert L.mse(np.zeros((0, 3)), np.zeros((0, 3)), "sum") == 0.0
