@@ -101,8 +101,10 @@ class Kernel:
         cache: bool = True,
         helpers: tuple[Callable, ...] = (),
         fastmath: frozenset[str] = frozenset(),
+        blas: bool = False,
     ):
         self.fn, self.cache, self.helpers, self.fastmath = fn, cache, helpers, set(fastmath)
+        self.blas = blas  # calls nnflow.blas.matmul_into (the caller passes gemm_address)
         self.__doc__ = fn.__doc__
 
     @functools.cached_property
@@ -110,8 +112,12 @@ class Kernel:
         """The Numba-compiled function (compiled per signature on its first call); the
         ``helpers`` it calls (plain functions of its module) compile along with it, and
         ``fastmath`` lists LLVM's fast-math flags it may use (``{"reassoc"}`` lets a sum
-        vectorise)."""
+        vectorise); with ``blas`` it may call :func:`nnflow.blas.matmul_into`."""
         numba = _load_numba()
+        if self.blas:
+            from .blas import register_for_kernels
+
+            register_for_kernels()
         for helper in self.helpers:
             _jitable(helper)
         # NumPy's error model: float division gives inf/NaN, not ZeroDivisionError (as the

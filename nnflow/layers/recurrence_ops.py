@@ -58,7 +58,15 @@ import numpy as np
 from .. import ad
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
-from .lstm_kernels import GATES_BACKWARD, GATES_FORWARD, PACK_STEPS, STEP_FORWARD_F32
+from ..blas import gemm_address
+from .lstm_kernels import (
+    BACKWARD_STEPS,
+    FORWARD_F32,
+    GATES_BACKWARD,
+    GATES_FORWARD,
+    PACK_STEPS,
+    STEP_FORWARD_F32,
+)
 
 __all__ = ["lstm_layer", "lstm_outputs", "lstm_layer_backward"]
 
@@ -107,6 +115,10 @@ def lstm_layer(*arrays):
     ws[steps, k:] = 0
     tmp = xp.empty((hidden, n), dtype=dtype)
     c_prev = xp.ascontiguousarray(xp.transpose(c0))
+    loop = FORWARD_F32.get(ws) if dtype == np.float32 else None
+    if loop is not None and (gemm := gemm_address(dtype)) is not None:
+        loop(gemm, w, ws, k, c_prev, dtype.type(0.5))  # every step, GEMMs included
+        return ws
     whole = STEP_FORWARD_F32.get(ws) if dtype == np.float32 else None  # all after the GEMM
     fused = GATES_FORWARD.get(ws) if whole is None else None  # the gate arithmetic only
     half = dtype.type(0.5)
@@ -247,6 +259,11 @@ def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, dz, k):
     steps, hidden, n = dyh.shape
     u = np.zeros((hidden, n), dtype=ws.dtype)  # the last step: no W_hh^T dz_{t+1}
     c_prev0, w_t = np.ascontiguousarray(c0_t), np.transpose(weight_hh)
+    loop, gemm = BACKWARD_STEPS.get(dyh, weight_hh), gemm_address(ws.dtype)
+    if loop is not None and gemm is not None:  # every step, GEMMs included, in one call
+        w_t = np.ascontiguousarray(weight_hh, ws.dtype).T  # BLAS: one dtype, rows or columns
+        loop(gemm, dyh, u, dc, ws, k, c_prev0, dz, w_t)
+        return
     kernel(dyh, u, dc, ws, steps - 1, k, c_prev0, dz)
     for t in range(steps - 2, -1, -1):
         np.matmul(w_t, dz[t + 1], out=u)

@@ -14,7 +14,7 @@ import doctest
 import numpy as np
 import pytest
 
-from nnflow import ad, jit
+from nnflow import ad, blas, jit
 from nnflow.layers import LSTM, lstm_kernels, recurrence_ops
 
 needs_numba = pytest.mark.skipif(
@@ -112,14 +112,8 @@ def test_layer_gradients_by_finite_differences_on_each_path(monkeypatch, flag):
     ad.gradcheck(loss, lstm, x, h0, c0)
 
 
-@needs_numba
-@pytest.mark.parametrize(
-    "dtype, forward", [(np.float64, "GATES_FORWARD"), (np.float32, "STEP_FORWARD_F32")]
-)
-def test_the_kernels_run_when_numba_is_there(monkeypatch, dtype, forward):
-    """With Numba enabled the loops call the kernels (once per step), not the NumPy calls:
-    float32 the whole forward step after the GEMM, float64 the gate arithmetic only."""
-    names = ("GATES_FORWARD", "STEP_FORWARD_F32", "GATES_BACKWARD", "PACK_STEPS")
+def _count_kernel_calls(monkeypatch, names):
+    """Replace the kernels ``names`` of recurrence_ops with counting wrappers: the counts."""
     calls = dict.fromkeys(names, 0)
     for name in names:
         real = getattr(recurrence_ops, name)
@@ -131,9 +125,69 @@ def test_the_kernels_run_when_numba_is_there(monkeypatch, dtype, forward):
         fake = jit.Kernel(real.fn)
         monkeypatch.setattr(fake, "get", lambda *arrays, r=real, f=counting: r.get(*arrays) and f)
         monkeypatch.setattr(recurrence_ops, name, fake)
+    return calls
+
+
+_KERNELS = ("GATES_FORWARD", "STEP_FORWARD_F32", "FORWARD_F32", "GATES_BACKWARD",
+            "BACKWARD_STEPS", "PACK_STEPS")  # fmt: skip
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_loop_kernels_run_when_numpy_blas_is_reachable(monkeypatch, dtype):
+    """With NumPy's BLAS callable from kernels (nnflow.blas), the float32 forward and the
+    backward of any float dtype are one kernel call each, GEMMs included; float64's forward
+    loops in Python over the gate kernel (its tanh is NumPy's)."""
+    if blas.gemm_address(dtype) is None:
+        pytest.skip("this NumPy bundles no BLAS that nnflow.blas knows (see its docstring)")
+    calls = _count_kernel_calls(monkeypatch, _KERNELS)
     args, dy = _args(steps=7, dtype=dtype)
     _run(monkeypatch, "1", args, dy.astype(dtype))
-    assert calls == {**dict.fromkeys(names, 0), forward: 7, "GATES_BACKWARD": 7, "PACK_STEPS": 1}
+    forward = {"FORWARD_F32": 1} if dtype == np.float32 else {"GATES_FORWARD": 7}
+    assert calls == {**dict.fromkeys(_KERNELS, 0), **forward, "BACKWARD_STEPS": 1, "PACK_STEPS": 1}
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    "dtype, forward", [(np.float64, "GATES_FORWARD"), (np.float32, "STEP_FORWARD_F32")]
+)
+def test_the_step_kernels_run_without_numpy_blas(monkeypatch, dtype, forward):
+    """Without NumPy's BLAS address the loops stay in Python and call the step kernels (once
+    per step): float32 the whole forward step after the GEMM, float64 the gate arithmetic."""
+    monkeypatch.setattr(recurrence_ops, "gemm_address", lambda dtype: None)
+    calls = _count_kernel_calls(monkeypatch, _KERNELS)
+    args, dy = _args(steps=7, dtype=dtype)
+    _run(monkeypatch, "1", args, dy.astype(dtype))
+    assert calls == {**dict.fromkeys(_KERNELS, 0), forward: 7, "GATES_BACKWARD": 7, "PACK_STEPS": 1}
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_loop_kernels_and_step_kernels_agree(monkeypatch, dtype):
+    """The one-call loops (BLAS from the kernel) and the Python loops over the step kernels
+    compute the same workspace and cotangents: the same BLAS, the same kernels, bit for bit."""
+    args, dy = _args(steps=6, n=3, inputs=4, hidden=5, dtype=dtype, seed=4)
+    dy = dy.astype(dtype)
+    ws1, packed1 = _run(monkeypatch, "1", args, dy)
+    monkeypatch.setattr(recurrence_ops, "gemm_address", lambda dtype: None)
+    ws0, packed0 = _run(monkeypatch, "1", args, dy)
+    np.testing.assert_array_equal(ws1, ws0)
+    np.testing.assert_array_equal(packed1, packed0)
+
+
+@needs_numba
+def test_backward_loop_takes_weights_of_another_dtype_or_layout(monkeypatch):
+    """``W_hh`` in float32 or as a strided view, the rest float64: the loop's GEMM gets a
+    contiguous float64 copy, and the cotangents match the NumPy path."""
+    args, dy = _args(steps=4, n=2, inputs=3, hidden=5, seed=5)
+    x, h0, c0, w_ih, w_hh, b = args
+    wide = np.zeros((4 * 5, 10))
+    wide[:, ::2] = w_hh
+    for weight in (w_hh.astype(np.float32), wide[:, ::2]):
+        mixed = (x, h0, c0, w_ih, weight, b)
+        ws1, packed1 = _run(monkeypatch, "1", mixed, dy)
+        ws0, packed0 = _run(monkeypatch, "0", mixed, dy)
+        np.testing.assert_allclose(packed1, packed0, rtol=1e-12, atol=1e-13)
 
 
 @needs_numba
