@@ -131,16 +131,18 @@ def gemm_call(address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
 def matmul_into(address, a, b, out):
     """``out[...] = a @ b`` by the GEMM at ``address``: 2-d arrays of one float dtype, ``b``
     and ``out`` with contiguous rows, ``a`` with contiguous rows or contiguous columns (a
-    transposed matrix). The caller checks the layouts; a kernel calls this too."""
+    transposed matrix). The caller checks the layouts; a kernel calls this too. (A dimension
+    of length 1 has an arbitrary stride: BLAS gets the smallest valid leading dimension.)"""
     m, k = a.shape
     n = b.shape[1]
     size = a.itemsize
-    if a.strides[1] == size:
-        trans, lda = _NO_TRANS, a.strides[0] // size
+    if a.strides[1] == size or k == 1:
+        trans, lda = _NO_TRANS, a.strides[0] // size if m > 1 else k
     else:
-        trans, lda = _TRANS, a.strides[1] // size
+        trans, lda = _TRANS, a.strides[1] // size if k > 1 else m
+    ldb = b.strides[0] // size if k > 1 else n
+    ldc = out.strides[0] // size if m > 1 else n
     one, zero = a.dtype.type(1), a.dtype.type(0)
-    ldb, ldc = b.strides[0] // size, out.strides[0] // size
     pa, pb, pc = a.ctypes.data, b.ctypes.data, out.ctypes.data
     gemm_call(address, trans, m, n, k, one, pa, lda, pb, ldb, zero, pc, ldc)
 

@@ -67,10 +67,7 @@ def test_matmul_into_from_a_kernel_matches_numpy(dtype):
     the width), the output a row slice of a bigger array."""
     address = _address(dtype)
 
-    def product(address, a, b, out):
-        blas.matmul_into(address, a, b, out)
-
-    kernel = jit.Kernel(product, cache=False, blas=True).compiled
+    kernel = jit.Kernel(_product, cache=False, blas=True).compiled
     a, b = _operands(dtype, m=6, k=4, n=5, seed=1)
     wide = np.zeros((6, 9), dtype)
     wide[:, 2:6] = a
@@ -82,6 +79,28 @@ def test_matmul_into_from_a_kernel_matches_numpy(dtype):
         kernel(address, left, right, big[1, 2:8])
         np.testing.assert_allclose(big[1, 2:8], a @ b, **tol)
         assert np.isnan(big[0]).all() and np.isnan(big[1, :2]).all() and np.isnan(big[1, 8:]).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 3), (4, 1, 3), (4, 3, 1), (1, 1, 1), (1, 4, 1)])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_numba)])
+def test_dimensions_of_length_one(shape, compiled):
+    """A length-1 dimension's stride means nothing (a transposed column vector has strides
+    (8, 8)): BLAS must still get valid leading dimensions, from Python and from a kernel."""
+    address = _address(np.float64)
+    m, k, n = shape
+    a, b = _operands(np.float64, m, k, n, seed=2)
+    run = blas.matmul_into
+    if compiled:
+        run = jit.Kernel(_product, cache=False, blas=True).compiled
+    for left in (a, np.ascontiguousarray(a.T).T):
+        for right in (b, np.ascontiguousarray(b[:, ::-1])[:, ::-1].copy()):
+            out = np.full((m, n), np.nan)
+            run(address, left, right, out)
+            np.testing.assert_allclose(out, a @ b, rtol=1e-12)
+
+
+def _product(address, a, b, out):
+    blas.matmul_into(address, a, b, out)
 
 
 def test_docstring_examples():
