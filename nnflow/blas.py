@@ -96,55 +96,62 @@ def gemm_address(dtype: Any) -> int | None:
 
 
 def _agrees_with_numpy(address: int, dtype: np.dtype) -> bool:
-    """Whether the GEMM at ``address`` computes a 3x4 @ 4x2 product (and one with ``a``
-    transposed) as NumPy does."""
+    """Whether the GEMM at ``address`` computes a 3x4 @ 4x2 product, with either operand
+    transposed and accumulated, as NumPy does."""
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 4)).astype(dtype)
     b = rng.normal(size=(4, 2)).astype(dtype)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    for left in (a, np.asfortranarray(a)):
-        out = np.zeros((3, 2), dtype)
-        matmul_into(address, left, b, out)
-        if not np.allclose(out, a @ b, rtol=tol, atol=tol):
+    for left, right in ((a, b), (np.asfortranarray(a), np.asfortranarray(b))):
+        out = np.ones((3, 2), dtype)
+        matmul_into(address, left, right, out, accumulate=True)
+        if not np.allclose(out, a @ b + 1, rtol=tol, atol=tol):
             return False
     return True
 
 
-def gemm_call(address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """``c = alpha op(a) b + beta c``, row-major, by the ``cblas_?gemm`` at ``address`` (from
-    :func:`gemm_address`); ``a``, ``b``, ``c`` are data addresses, ``alpha``/``beta`` NumPy
-    scalars of the arrays' dtype (which picks the prototype). In Python through ctypes; in a
-    kernel (:func:`register_for_kernels`) a direct call.
+def gemm_call(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """``c = alpha op(a) op(b) + beta c``, row-major, by the ``cblas_?gemm`` at ``address``
+    (from :func:`gemm_address`); ``a``, ``b``, ``c`` are data addresses, ``alpha``/``beta``
+    NumPy scalars of the arrays' dtype (which picks the prototype). In Python through ctypes;
+    in a kernel (:func:`register_for_kernels`) a direct call.
 
     >>> a, out = np.eye(2), np.zeros((2, 2))
     >>> address = gemm_address(np.float64)
     >>> if address is not None:
     ...     one, zero = np.float64(1), np.float64(0)
-    ...     gemm_call(address, 111, 2, 2, 2, one, a.ctypes.data, 2, a.ctypes.data, 2,
+    ...     gemm_call(address, 111, 111, 2, 2, 2, one, a.ctypes.data, 2, a.ctypes.data, 2,
     ...               zero, out.ctypes.data, 2)
     ...     assert out.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     """
     function = _prototype(np.dtype(type(alpha)))(address)
-    function(_ROW_MAJOR, trans_a, _NO_TRANS, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    function(_ROW_MAJOR, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
-def matmul_into(address, a, b, out):
-    """``out[...] = a @ b`` by the GEMM at ``address``: 2-d arrays of one float dtype, ``b``
-    and ``out`` with contiguous rows, ``a`` with contiguous rows or contiguous columns (a
-    transposed matrix). The caller checks the layouts; a kernel calls this too. (A dimension
-    of length 1 has an arbitrary stride: BLAS gets the smallest valid leading dimension.)"""
+def _operand(x, size):
+    """``(CBLAS transpose flag, leading dimension)`` of the 2-d operand ``x``: rows contiguous
+    (no transpose) or columns contiguous (a transposed matrix). A dimension of length 1 has
+    an arbitrary stride: BLAS gets the smallest valid leading dimension."""
+    rows, cols = x.shape
+    if x.strides[1] == size or cols == 1:
+        return _NO_TRANS, x.strides[0] // size if rows > 1 else cols
+    return _TRANS, x.strides[1] // size if cols > 1 else rows
+
+
+def matmul_into(address, a, b, out, accumulate=False):
+    """``out[...] = a @ b`` (``out += a @ b`` with ``accumulate``) by the GEMM at ``address``:
+    2-d arrays of one float dtype, ``out`` with contiguous rows, ``a`` and ``b`` each with
+    contiguous rows or contiguous columns (a transposed matrix). The caller checks the
+    layouts; a kernel calls this too."""
     m, k = a.shape
     n = b.shape[1]
     size = a.itemsize
-    if a.strides[1] == size or k == 1:
-        trans, lda = _NO_TRANS, a.strides[0] // size if m > 1 else k
-    else:
-        trans, lda = _TRANS, a.strides[1] // size if k > 1 else m
-    ldb = b.strides[0] // size if k > 1 else n
+    trans_a, lda = _operand(a, size)
+    trans_b, ldb = _operand(b, size)
     ldc = out.strides[0] // size if m > 1 else n
-    one, zero = a.dtype.type(1), a.dtype.type(0)
+    one, beta = a.dtype.type(1), a.dtype.type(1 if accumulate else 0)
     pa, pb, pc = a.ctypes.data, b.ctypes.data, out.ctypes.data
-    gemm_call(address, trans, m, n, k, one, pa, lda, pb, ldb, zero, pc, ldc)
+    gemm_call(address, trans_a, trans_b, m, n, k, one, pa, lda, pb, ldb, beta, pc, ldc)
 
 
 @functools.cache
@@ -157,10 +164,10 @@ def register_for_kernels() -> None:
     from numba.extending import intrinsic, overload, register_jitable
 
     @intrinsic
-    def _call(typingctx, address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    def _call(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         if alpha not in (types.float32, types.float64) or beta != alpha:
             return None
-        args = (address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        args = (address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         signature = types.void(*args)
 
         def codegen(context, builder, sig, values):
@@ -184,19 +191,20 @@ def register_for_kernels() -> None:
 
             builder.call(
                 function,
-                [ir.Constant(i32, _ROW_MAJOR), int_(1, 32), ir.Constant(i32, _NO_TRANS),
-                 int_(2, 64), int_(3, 64), int_(4, 64), values[5], data(6), int_(7, 64),
-                 data(8), int_(9, 64), values[10], data(11), int_(12, 64)],
+                [ir.Constant(i32, _ROW_MAJOR), int_(1, 32), int_(2, 32), int_(3, 64),
+                 int_(4, 64), int_(5, 64), values[6], data(7), int_(8, 64), data(9),
+                 int_(10, 64), values[11], data(12), int_(13, 64)],
             )  # fmt: skip
             return context.get_dummy_value()
 
         return signature, codegen
 
     @overload(gemm_call)
-    def _gemm_call(address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        def impl(address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-            _call(address, trans_a, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    def _gemm_call(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        def impl(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            _call(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
         return impl
 
+    register_jitable(_operand)
     register_jitable(matmul_into)

@@ -55,9 +55,12 @@ def test_matmul_into_from_python_matches_numpy(dtype):
     a, b = _operands(dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12}
     for left in (a, np.asfortranarray(a), np.asfortranarray(a.T).T):
-        out = np.full((5, 3), np.nan, dtype)
-        blas.matmul_into(address, left, b, out)
-        np.testing.assert_allclose(out, a @ b, **tol)
+        for right in (b, np.asfortranarray(b)):
+            out = np.full((5, 3), np.nan, dtype)
+            blas.matmul_into(address, left, right, out)
+            np.testing.assert_allclose(out, a @ b, **tol)
+            blas.matmul_into(address, left, right, out, accumulate=True)  # out += a @ b
+            np.testing.assert_allclose(out, 2 * (a @ b), **tol)
 
 
 @needs_numba
@@ -74,11 +77,14 @@ def test_matmul_into_from_a_kernel_matches_numpy(dtype):
     stacked = np.zeros((3, 8, 5), dtype)
     stacked[1, :4] = b
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12}
-    for left, right in ((a, b), (a.T.copy().T, b), (wide[:, 2:6], stacked[1, :4])):
+    pairs = ((a, b), (a.T.copy().T, b), (wide[:, 2:6], stacked[1, :4]), (a, b.T.copy().T))
+    for left, right in pairs:
         big = np.full((2, 10, 5), np.nan, dtype)
-        kernel(address, left, right, big[1, 2:8])
+        kernel(address, left, right, big[1, 2:8], False)
         np.testing.assert_allclose(big[1, 2:8], a @ b, **tol)
         assert np.isnan(big[0]).all() and np.isnan(big[1, :2]).all() and np.isnan(big[1, 8:]).all()
+        kernel(address, left, right, big[1, 2:8], True)  # accumulates
+        np.testing.assert_allclose(big[1, 2:8], 2 * (a @ b), **tol)
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 3), (4, 1, 3), (4, 3, 1), (1, 1, 1), (1, 4, 1)])
@@ -93,14 +99,14 @@ def test_dimensions_of_length_one(shape, compiled):
     if compiled:
         run = jit.Kernel(_product, cache=False, blas=True).compiled
     for left in (a, np.ascontiguousarray(a.T).T):
-        for right in (b, np.ascontiguousarray(b[:, ::-1])[:, ::-1].copy()):
+        for right in (b, np.ascontiguousarray(b.T).T):
             out = np.full((m, n), np.nan)
-            run(address, left, right, out)
+            run(address, left, right, out, False)
             np.testing.assert_allclose(out, a @ b, rtol=1e-12)
 
 
-def _product(address, a, b, out):
-    blas.matmul_into(address, a, b, out)
+def _product(address, a, b, out, accumulate):
+    blas.matmul_into(address, a, b, out, accumulate)
 
 
 def test_docstring_examples():

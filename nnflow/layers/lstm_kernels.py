@@ -3,7 +3,9 @@
 Each is one pass over a step's ``(H, N)`` blocks of the workspace of
 :func:`nnflow.layers.recurrence_ops.lstm_layer` (feature-major ``(T + 1, R, N)``), and takes
 the workspace and the step's index rather than a dozen slices (each array argument costs
-Numba's dispatcher ~0.2 us). The GEMMs stay in NumPy (BLAS).
+Numba's dispatcher ~0.2 us). Where NumPy's BLAS can be called from kernels
+(:mod:`nnflow.blas`), ``forward_f32`` and ``backward_steps`` run a whole loop, GEMMs included,
+in one call; otherwise the callers loop in Python over the step kernels and NumPy's matmul.
 
 - ``gates_forward`` (float64, and float32 without :func:`step_forward_f32`): after NumPy's
   ``tanh`` of the step's pre-activations, the sigmoids and ``c_t`` (the ~6 NumPy calls of the
@@ -17,10 +19,10 @@ Numba's dispatcher ~0.2 us). The GEMMs stay in NumPy (BLAS).
   1.4; NaN stays NaN and +-inf give +-1. Measured on the LSTM benchmark's step (H = 128,
   N = 32, 2 cores): ~37 -> ~12 us after the GEMM inside the loop, before the FMAs.
 - ``gates_backward``: the backward step's 14 NumPy calls, writing the step's gate cotangents
-  as one contiguous ``(4H, N)`` block (the caller copies all steps into the packed layout
-  at the end, 0.4 ms: writing each step's block straight into the packed ``(4H, (T + 1) N)``
-  output, runs of ``N`` 6.5 KB apart, cost ~20 us a step inside the loop, a transposed
-  ``((T + 1) N, 4H)`` block ~13 us).
+  as one contiguous ``(4H, N)`` block (blocks of the backward's output; a packed ``(4H,
+  (T + 1) N)`` layout, runs of ``N`` 6.5 KB apart, cost ~20 us a step written inside the loop
+  and 0.3-0.5 ms copied after it, and is no longer needed: ``backward_steps`` accumulates the
+  weight gradient step by step, ``dz_t`` and the step's operands still in cache).
 
 The element loops run over raveled C-contiguous blocks with one index: written over two
 indices, or with a branch inside, the backward loop ran 2.4x slower (30 against 12.6 us a
@@ -44,7 +46,6 @@ __all__ = [
     "GATES_FORWARD",
     "STEP_FORWARD_F32",
     "GATES_BACKWARD",
-    "PACK_STEPS",
     "FORWARD_F32",
     "BACKWARD_STEPS",
     "forward_f32",
@@ -52,7 +53,6 @@ __all__ = [
     "gates_forward",
     "step_forward_f32",
     "gates_backward",
-    "pack_steps",
     "tanh_f32",
 ]
 
@@ -146,15 +146,18 @@ def forward_f32(gemm, w, ws, k, c_prev, half):
         step_forward_f32(ws, t, k, c_prev, half)
 
 
-def backward_steps(gemm, dyh, u, dc, ws, k, c0, dzs, w_t):
+def backward_steps(gemm, dyh, dc, ws, k, c0, dzs, w_t, dw):
     """Every backward step in one call, the last first: ``u = W_hh^T dz_{t+1}`` (``w_t`` is
-    ``W_hh^T``, a transposed view; NumPy's BLAS at ``gemm``; ``u`` stays zero at the last step,
-    as the caller gives it), then :func:`gates_backward`."""
-    steps = dyh.shape[0]
+    ``W_hh^T``, a transposed view; zeros at the last step), :func:`gates_backward`, then the
+    step's share of the weight gradient ``dw (+)= dz_t [h_{t-1}; x_t; 1]^T`` while both are
+    in cache (``dw`` is ``(4H, K)``; BLAS at address ``gemm``, :mod:`nnflow.blas`)."""
+    steps, hidden, n = dyh.shape
+    u = np.zeros((hidden, n), dyh.dtype)
     for t in range(steps - 1, -1, -1):
         if t < steps - 1:
             matmul_into(gemm, w_t, dzs[t + 1], u)
         gates_backward(dyh, u, dc, ws, t, k, c0, dzs)
+        matmul_into(gemm, dzs[t], ws[t, :k].T, dw, t < steps - 1)
 
 
 def gates_backward(dyh, u, dc, ws, t, k, c0, dzs):
@@ -192,20 +195,6 @@ def gates_backward(dyh, u, dc, ws, t, k, c0, dzs):
         zo[m] = d_h * tcm * (o * (one - o))
 
 
-def pack_steps(dz, out):
-    """``out[:, t N : (t + 1) N] = dz[t]`` for every step: ``dz (T, 4H, N)`` into the packed
-    ``(4H, (T + 1) N)`` layout, row by row of ``out`` (runs of ``N``; NumPy's strided copy of
-    the same took 0.46 against 0.27 ms for T = 50, N = 32, H = 128, caches cold)."""
-    steps, rows, n = dz.shape
-    for g in range(rows):
-        row = out[g]
-        for t in range(steps):
-            src = dz[t, g]
-            base = t * n
-            for m in range(n):
-                row[base + m] = src[m]
-
-
 GATES_FORWARD = Kernel(gates_forward)
 # contract: multiply-adds as FMAs (tanh's polynomials; 20 -> 9 us a step alone, and no less
 # accurate); not for the other kernels, whose results match NumPy's roundings
@@ -217,4 +206,3 @@ FORWARD_F32 = Kernel(
     forward_f32, helpers=(tanh_f32, step_forward_f32), fastmath=frozenset({"contract"}), blas=True
 )
 BACKWARD_STEPS = Kernel(backward_steps, helpers=(gates_backward,), blas=True)
-PACK_STEPS = Kernel(pack_steps)

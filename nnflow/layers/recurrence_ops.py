@@ -21,18 +21,20 @@ per-operation cost of the interpreter (not the arithmetic) dominates. Here a lay
     and the rules for the other arguments give the *total* derivative, reading the
     activations cached in ``ws``. So the workspace never receives a cotangent and no
     full-size zero cotangent is ever built for it.
-``packed = lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)``
-    the reverse time loop on raw arrays: ``(4H, (T + 1) N)``, the cotangents of the gate
-    pre-activations of every step (columns ``t N .. (t + 1) N``, PyTorch's gate order in the
-    rows) and, in the last ``N`` columns, the cotangent of ``c0`` transposed (rows ``:H``; the
-    others zero). Per step it does one GEMM (``W_hh^T dz``) and 14 in-place ufunc calls over
-    ``(H, N)`` or ``(4H, N)`` buffers that stay in cache, the last writing the step's columns
-    of the output, or, when Numba is installed, one kernel
-    (:mod:`nnflow.layers.lstm_kernels`) for those 14 calls. Everything else is one GEMM each
-    after the loop, written in the rules of ``lstm_outputs`` with ordinary NumPy calls
-    (``[dW_hh | dW_ih | db] = dz [h_{t-1}; x_t; 1]^T`` in one, read from ``ws``; ``dx = dz^T
-    W_ih``; ``dh0``), so a
-    compiled step drops those it does not need (``dx`` of the data) and merges the repeated
+``back = lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)``
+    the reverse time loop on raw arrays, ``(T + 1 + E, 4H, N)`` with ``E = ceil(K / N)``:
+    blocks ``0 .. T - 1`` hold the cotangents ``dz_t`` of the steps' gate pre-activations
+    (PyTorch's gate order in the rows), block ``T`` the cotangent of ``c0`` transposed (rows
+    ``:H``; the others zero), and the ``E`` blocks after it hold ``[dW_hh | dW_ih | db]``
+    ``(4H, K)`` row-major in their memory (then zeros). Per step it does one GEMM (``W_hh^T
+    dz_{t+1}``), the step's gate arithmetic (14 in-place ufunc calls over ``(H, N)`` or
+    ``(4H, N)`` buffers that stay in cache, or, with Numba, one kernel of
+    :mod:`nnflow.layers.lstm_kernels`) and, with NumPy's BLAS callable from the kernel
+    (:mod:`nnflow.blas`), the weight gradient's share ``dz_t [h_{t-1}; x_t; 1]^T`` while both
+    are in cache: the whole loop is then one kernel call. Otherwise one ``tensordot`` after
+    the loop gives the weight gradient. The rules of ``lstm_outputs`` read the parts with
+    ordinary NumPy calls (views; ``dx = W_ih^T dz_t`` for every step, ``dh0``), so a compiled
+    step drops those it does not need (``dx`` of the data) and merges the repeated
     ``lstm_layer_backward`` calls (CSE); ``ad.grad`` reuses that call's result across the
     node's rules (a memo hung off the workspace by a weak reference, freed with it).
 
@@ -64,7 +66,6 @@ from .lstm_kernels import (
     FORWARD_F32,
     GATES_BACKWARD,
     GATES_FORWARD,
-    PACK_STEPS,
     STEP_FORWARD_F32,
 )
 
@@ -172,37 +173,46 @@ def lstm_outputs(ws, x, h0, c0, weight_ih, weight_hh, bias=None):
 # -- the backward pass ---------------------------------------------------------------------------
 @ad.primitive
 def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    """Backpropagation through time: the cotangents of the gate pre-activations.
+    """Backpropagation through time: the gate cotangents and the weight gradient.
 
     ``dy`` is the cotangent of ``lstm_outputs(ws, x, ...)`` ``(T + 1, N, H)``. Returns
-    ``(4H, (T + 1) N)``: columns ``t N .. (t + 1) N`` hold step ``t``'s ``dz`` (rows: gates
-    i, f, g, o), the last ``N`` columns the cotangent of ``c0``, transposed (rows ``:H``, then
-    zeros).
+    ``(T + 1 + E, 4H, N)``, ``E = ceil(K / N)``, ``K = H + I + 1``: blocks ``t < T`` hold step
+    ``t``'s ``dz`` (rows: gates i, f, g, o), block ``T`` the cotangent of ``c0`` transposed
+    (rows ``:H``, then zeros), the last ``E`` blocks ``[dW_hh | dW_ih | db]`` ``(4H, K)``
+    row-major in their memory, then zeros (:func:`_weight_grads` reads it).
     """
     xp = get_array_module(ws)
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
     dtype = ws.dtype
+    out = xp.empty((steps + 1 + _blocks(k, n), 4 * hidden, n), dtype=dtype)
+    tail = out[steps + 1 :].reshape(-1)
+    tail[4 * hidden * k :] = 0
+    dw = tail[: 4 * hidden * k].reshape(4 * hidden, k)
+    dz = out[:steps]  # each step's block contiguous: the GEMM of the next step reads it
     dyh = xp.empty((steps, hidden, n), dtype=dtype)
     dyh[...] = xp.transpose(dy[:steps], (0, 2, 1))
     dc = xp.empty((hidden, n), dtype=dtype)
     dc[...] = xp.transpose(dy[steps])
     c0_t = xp.transpose(c0)
-    fused = GATES_BACKWARD.get(ws, dy)  # the step's 14 calls below in one Numba pass
-    dz = xp.empty((steps, 4 * hidden, n), dtype=dtype)  # per step contiguous: see below
-    if fused is not None:
-        _backward_fused(fused, dyh, dc, ws, c0_t, weight_hh, dz, k)
+    loop, gemm = BACKWARD_STEPS.get(dyh, ws, weight_hh), gemm_address(dtype)
+    if loop is not None and gemm is not None:  # every step, GEMMs included, in one call
+        w_t = np.ascontiguousarray(weight_hh, dtype).T  # BLAS: one dtype, rows or columns
+        loop(gemm, dyh, dc, ws, k, np.ascontiguousarray(c0_t), dz, w_t, dw)
     else:
-        _backward_numpy(xp, dyh, dc, ws, c0_t, weight_hh, dz, k)
-    # one copy into the packed layout: writing each step's columns there directly (runs of N
-    # 6.5 KB apart) cost as much inside the loop, ~20 us a step (T = 50, N = 32, H = 128)
-    out = xp.empty((4 * hidden, (steps + 1) * n), dtype=dtype)
-    pack = PACK_STEPS.get(dz, out)
-    if pack is not None:
-        pack(dz, out)
-    else:
-        out[:, : steps * n].reshape(4 * hidden, steps, n)[...] = xp.transpose(dz, (1, 0, 2))
-    _pack_dc0(xp, out, dc, ws, hidden, k)
+        fused = GATES_BACKWARD.get(ws, dy)  # the step's 14 calls below in one Numba pass
+        if fused is not None:
+            _backward_fused(fused, dyh, dc, ws, c0_t, weight_hh, dz, k)
+        else:
+            _backward_numpy(xp, dyh, dc, ws, c0_t, weight_hh, dz, k)
+        dw[...] = xp.tensordot(dz, ws[:steps, :k], axes=([0, 2], [0, 2]))
+    xp.multiply(dc, ws[0, k + 3 * hidden : k + 4 * hidden], out[steps, :hidden])  # dc_0 f_0
+    out[steps, hidden:] = 0
     return out
+
+
+def _blocks(k, n):
+    """How many ``(4H, N)`` blocks hold the ``(4H, K)`` weight gradient."""
+    return -(-k // n)
 
 
 def _backward_numpy(xp, dyh, dc, ws, c0_t, weight_hh, dz, k):
@@ -246,24 +256,12 @@ def _backward_numpy(xp, dyh, dc, ws, c0_t, weight_hh, dz, k):
         multiply(m, s, dz[t])
 
 
-def _pack_dc0(xp, out, dc, ws, hidden, k):
-    """The last ``N`` columns of the packed output: ``dc_0 f_0``, then zeros."""
-    start = out.shape[1] - dc.shape[1]
-    xp.multiply(dc, ws[0, k + 3 * hidden : k + 4 * hidden], out[:hidden, start:])  # f_0
-    out[hidden:, start:] = 0
-
-
 def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, dz, k):
-    """The loop of ``lstm_layer_backward`` with each step's gate arithmetic in one Numba
-    kernel, writing ``dz[t]``."""
+    """The loop of ``lstm_layer_backward`` in Python, each step's gate arithmetic one Numba
+    kernel writing ``dz[t]`` (when NumPy's BLAS cannot be called from kernels)."""
     steps, hidden, n = dyh.shape
     u = np.zeros((hidden, n), dtype=ws.dtype)  # the last step: no W_hh^T dz_{t+1}
     c_prev0, w_t = np.ascontiguousarray(c0_t), np.transpose(weight_hh)
-    loop, gemm = BACKWARD_STEPS.get(dyh, weight_hh), gemm_address(ws.dtype)
-    if loop is not None and gemm is not None:  # every step, GEMMs included, in one call
-        w_t = np.ascontiguousarray(weight_hh, ws.dtype).T  # BLAS: one dtype, rows or columns
-        loop(gemm, dyh, u, dc, ws, k, c_prev0, dz, w_t)
-        return
     kernel(dyh, u, dc, ws, steps - 1, k, c_prev0, dz)
     for t in range(steps - 2, -1, -1):
         np.matmul(w_t, dz[t + 1], out=u)
@@ -306,42 +304,38 @@ def _once(kind, fn, args):
     return result
 
 
+def _backward(args):
+    return _once("backward", lstm_layer_backward, args)
+
+
 def _dz(*args):
-    """The gate cotangents ``(4H, T N)`` of every step (args: those of the backward)."""
-    steps, n = np.shape(args[2])[:2]
-    return _once("backward", lstm_layer_backward, args)[:, : steps * n]
-
-
-def _stacked_weight_grads(dy, ws, x, h0, c0, weight_ih, weight_hh, bias):
-    """``[dW_hh | dW_ih | db]`` ``(4H, K)``: one GEMM of ``dz`` with the steps' stacked
-    operands ``[h_{t-1}; x_t; 1]``, read from the workspace."""
-    steps, n, inputs, hidden, k = _sizes(x, weight_hh)
-    operands = np.reshape(np.transpose(ws[:steps, :k], (0, 2, 1)), (steps * n, k))
-    return _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias) @ operands
+    """The gate cotangents ``(T, 4H, N)`` of every step (args: those of the backward)."""
+    return _backward(args)[: np.shape(args[2])[0]]
 
 
 def _weight_grads(*args):
-    return _once("weights", _stacked_weight_grads, args)
+    """``[dW_hh | dW_ih | db]`` ``(4H, K)``: a view of the backward's last blocks."""
+    steps, n, inputs, hidden, k = _sizes(args[2], args[6])
+    tail = np.reshape(_backward(args)[steps + 1 :], (-1,))
+    return np.reshape(tail[: 4 * hidden * k], (4 * hidden, k))
 
 
 @ad.diffrule(lstm_outputs, "x")
 def _outputs_dx(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return np.reshape(np.transpose(dz) @ weight_ih, np.shape(x))
+    dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)  # (T, 4H, N)
+    return np.transpose(np.matmul(np.transpose(weight_ih), dz), (0, 2, 1))
 
 
 @ad.diffrule(lstm_outputs, "h0")
 def _outputs_dh0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dz = _dz(dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    return np.transpose(dz[:, : np.shape(h0)[0]]) @ weight_hh
+    return np.transpose(dz[0]) @ weight_hh
 
 
 @ad.diffrule(lstm_outputs, "c0")
 def _outputs_dc0(dy, y, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
-    args = (dy, ws, x, h0, c0, weight_ih, weight_hh, bias)
-    steps, n = np.shape(x)[:2]
-    packed = _once("backward", lstm_layer_backward, args)
-    return np.transpose(packed[: np.shape(weight_hh)[1], steps * n :])
+    back = _backward((dy, ws, x, h0, c0, weight_ih, weight_hh, bias))
+    return np.transpose(back[np.shape(x)[0], : np.shape(weight_hh)[1]])
 
 
 @ad.diffrule(lstm_outputs, "weight_ih")
@@ -420,10 +414,19 @@ def _reference_backward(dy, x, h0, c0, weight_ih, weight_hh, bias):
     steps, n, inputs, hidden, k = _sizes(x, weight_hh)
     gx = _projection(x, weight_ih, bias)
     _, back = ad.vjp(lambda gx, c0: _outputs_from_gx(gx, h0, c0, weight_hh), gx, c0)
-    d_gx, d_c0 = back(dy)
-    dz = np.reshape(np.transpose(d_gx, (1, 0, 2)), (4 * hidden, steps * n))
+    dz, d_c0 = back(dy)  # (T, 4H, N), (N, H)
     tail = np.concatenate([np.transpose(d_c0), np.zeros((3 * hidden, n), x.dtype)], axis=0)
-    return np.concatenate([dz, tail], axis=1)
+    per_step, _ = _reference_steps(gx, h0, c0, weight_hh)
+    ones = np.ones((1, n), dtype=x.dtype)
+    operands = np.stack(
+        [np.concatenate([h, np.transpose(x[t]), ones], axis=0) for t, (h, *_) in
+         enumerate(per_step)]
+    )  # fmt: skip
+    dw = np.sum(np.matmul(dz, np.transpose(operands, (0, 2, 1))), axis=0)  # (4H, K)
+    blocks = _blocks(k, n)
+    padding = np.zeros(blocks * 4 * hidden * n - 4 * hidden * k, x.dtype)
+    flat = np.concatenate([np.reshape(dw, (-1,)), padding])
+    return np.concatenate([dz, tail[None], np.reshape(flat, (blocks, 4 * hidden, n))], axis=0)
 
 
 @ad.diffrule(lstm_layer, "arrays")
