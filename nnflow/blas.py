@@ -16,6 +16,10 @@ anything uses them. A NumPy built against another BLAS (conda's MKL, a distribut
 OpenBLAS) has no such library: :func:`gemm_address` answers ``None`` and the callers run their
 Python loops, which compute the same values.
 
+Numba's disk cache keys a kernel on its own source file: after editing this module, delete
+the cached kernels that call it (``nnflow/layers/__pycache__/lstm_kernels.*.nb[ic]``), or
+they keep the old code. (An installed release brings new files, so new cache keys.)
+
 >>> import numpy as np
 >>> a, b = np.arange(6.0).reshape(2, 3), np.ones((3, 2))
 >>> out = np.empty((2, 2))
