@@ -29,6 +29,7 @@ import numpy as np
 from ..backend import get_array_module
 from . import fusion
 from .codegen import generate, state_structure
+from .distinct import distinct_gradients
 from .grad import GradientResult, _argument_names, _concrete, _normalise_wrt, _run, grad
 from .memory import Plan, plan, view_of
 from .passes import Graph, from_tape, is_impure, optimize
@@ -219,8 +220,8 @@ class CompiledGrad:
 
     def _result(self, out, variant: _Variant, copy: bool):
         value, grads = out
+        grads = distinct_gradients(list(grads))  # as eager grad: no two share memory
         if variant.float_args:
-            grads = list(grads)
             for i in variant.float_args:
                 grads[i] = None if grads[i] is None else float(grads[i])
         result = GradientResult(grads, variant.compiled.tape)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..tree import buffer_paths, get_path, is_array, leaves, set_path
 from .backward import UNIT, backward
+from .distinct import distinct_gradients
 from .errors import NonScalarError
 from .forward import tangent_of
 from .tape import Tape, _Ref
@@ -214,7 +215,8 @@ def grad(f: Callable, *args, wrt: Sequence[int] | None = None, **kwargs):
         if np.size(value) != 1:
             raise NonScalarError(f"ad.grad needs a scalar result; got shape {np.shape(value)}")
         cotangents = {}
-    return value, GradientResult(_assemble(inputs, cotangents, wrt), tape)
+    grads = distinct_gradients(_assemble(inputs, cotangents, wrt))  # no two share memory
+    return value, GradientResult(grads, tape)
 
 
 def _normalise_wrt(wrt):
