@@ -53,8 +53,6 @@ test checks all three primitives to second order.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from .. import ad
@@ -68,6 +66,7 @@ from .lstm_kernels import (
     GATES_FORWARD,
     STEP_FORWARD_F32,
 )
+from .recurrence_memo import once
 
 __all__ = ["lstm_layer", "lstm_outputs", "lstm_layer_backward"]
 
@@ -271,41 +270,9 @@ def _backward_fused(kernel, dyh, dc, ws, c0_t, weight_hh, dz, k):
 ad.nodiff(lstm_outputs, "ws")
 ad.nodiff(lstm_layer_backward, "ws")
 
-_MEMO: dict[int, dict] = {}  # id(ws) -> {kind: (other args, result)}, dropped with ws
-
-
-def _forget(key: int) -> None:
-    _MEMO.pop(key, None)
-
-
-def _once(kind, fn, args):
-    """``fn(*args)``, reused by the next rule of the same node (``ad.grad`` calls one rule per
-    argument on the same arrays); traced calls are merged by the compiler instead.
-
-    The memo hangs off the workspace ``args[1]`` through a weak reference: it is freed with the
-    workspace (that is, with the tape that holds it), never kept alive by the memo itself.
-    """
-    if any(type(a) is ad.Tracer for a in args):
-        return fn(*args)
-    ws, others = args[1], args[:1] + args[2:]
-    key = id(ws)
-    memo = _MEMO.get(key)
-    if memo is None or memo["ref"]() is not ws:
-        try:
-            memo = {"ref": weakref.ref(ws, lambda _, key=key: _forget(key))}
-        except TypeError:  # an array type without weak references: no reuse
-            return fn(*args)
-        _MEMO[key] = memo
-    last = memo.get(kind)
-    if last is not None and all(a is b for a, b in zip(last[0], others, strict=True)):
-        return last[1]
-    result = fn(*args)
-    memo[kind] = (others, result)
-    return result
-
 
 def _backward(args):
-    return _once("backward", lstm_layer_backward, args)
+    return once("backward", lstm_layer_backward, args)
 
 
 def _dz(*args):

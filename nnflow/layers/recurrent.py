@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import init as initializers
 from ..functional import relu, sigmoid
+from .gru_ops import gru_layer, gru_outputs
 from .linear import linear
 from .model import Model, ShapeError, check_features, check_rank, describe
 from .recurrence_ops import lstm_layer, lstm_outputs
@@ -347,5 +348,15 @@ class GRU(_Sequence):
         self._build(input_size, hidden_size, num_layers, bias, batch_first, rng, dtype)
 
     def forward(self, x: Any, h0: Any = None) -> tuple[Any, Any]:
-        out, (h,) = self._run(x, h0, 1, lambda g, s, w, b: (gru_step(g, s[0], w, b),))
-        return out, h
+        # per layer, two primitives (gru_layer's workspace, gru_outputs whose rules are BPTT)
+        # instead of ~25 tape operations per step: nnflow.layers.gru_ops
+        x = self._inputs(x)
+        states = self._initial(x, h0, 1)
+        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
+        for k in range(self.num_layers):
+            w_ih, b_ih, w_hh, b_hh = self._params(k)
+            args = (inputs, states[k][0], w_ih, w_hh, b_ih, b_hh)
+            inputs = gru_outputs(gru_layer(*args), *args)  # (T, N, H): h_1..h_T
+            finals.append(inputs[-1])
+        outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
+        return outputs, np.stack(finals)

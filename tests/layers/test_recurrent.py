@@ -300,22 +300,27 @@ def test_lstm_layer_second_order_and_float32_agrees_with_float64():
         np.testing.assert_allclose(g32[0][path], g, rtol=1e-4, atol=1e-6)
 
 
-def test_lstm_eager_backward_runs_once_per_node_and_frees_its_memo(monkeypatch):
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_eager_backward_runs_once_per_node_and_frees_its_memo(monkeypatch, kind):
     """``ad.grad`` asks one rule per parameter; the BPTT loop must run once for all of them,
     and nothing it computed may outlive the call (the memo dies with the workspace)."""
     import gc
 
-    from nnflow.layers import recurrence_ops
+    from nnflow.layers import gru_ops, recurrence_memo, recurrence_ops
 
+    module, name, layer = {
+        "LSTM": (recurrence_ops, "lstm_layer_backward", LSTM),
+        "GRU": (gru_ops, "gru_layer_backward", GRU),
+    }[kind]
     calls = []
-    loop = recurrence_ops.lstm_layer_backward
+    loop = getattr(module, name)
 
     def counting(*args):
         calls.append(1)
         return loop(*args)
 
-    monkeypatch.setattr(recurrence_ops, "lstm_layer_backward", counting)
-    m = LSTM(3, 4, rng=np.random.default_rng(0))
+    monkeypatch.setattr(module, name, counting)
+    m = layer(3, 4, rng=np.random.default_rng(0))
     x = rand(2, 5, 3, seed=1)
 
     def loss(m):
@@ -328,4 +333,44 @@ def test_lstm_eager_backward_runs_once_per_node_and_frees_its_memo(monkeypatch):
     assert {path[0] for path in grads[0]} >= names
     del grads
     gc.collect()
-    assert recurrence_ops._MEMO == {}
+    assert recurrence_memo._MEMO == {}
+
+
+def test_gru_without_bias_time_first_and_stacked_gradcheck():
+    """The fused GRU primitives (nnflow.layers.gru_ops) with no biases, time first, two
+    layers: gradients of inputs, state and every parameter by finite differences."""
+    layer = GRU(2, 3, num_layers=2, bias=False, batch_first=False, **F64)
+    assert layer.bias_ih_l0 is None and layer.bias_hh_l1 is None
+    x, h0 = rand(4, 2, 2), rand(2, 2, 3, seed=7)
+
+    def loss(m, x, h0):
+        out, h = m(x, h0)
+        return np.sum(out * np.arange(3.0)) + np.sum(np.sin(h))
+
+    ad.gradcheck(loss, layer, x, h0)
+
+
+def test_gru_compiled_matches_eager_and_float32_matches_float64():
+    layer = GRU(3, 5, **F64)
+    x = rand(4, 6, 3, seed=2)
+    target = rand(4, 6, 5, seed=3)
+
+    def loss(m, x, target):
+        return np.mean((m(x)[0] - target) ** 2)
+
+    value, grads = ad.grad(loss, layer, x, target)
+    step = ad.compile_grad(loss, wrt=(0,))
+    step(layer, x, target)
+    value_c, grads_c = step(layer, x, target)
+    np.testing.assert_allclose(value_c, value, rtol=1e-12)
+    for path, g in grads[0].items():
+        np.testing.assert_allclose(grads_c[0][path], g, rtol=1e-10, atol=1e-14)
+    layer32 = GRU(3, 5, rng=0, dtype=np.float32)
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        setattr(layer32, name, getattr(layer, name).astype(np.float32))
+    value32, grads32 = ad.grad(loss, layer32, x.astype(np.float32), target.astype(np.float32))
+    assert np.asarray(value32).dtype == np.float32
+    np.testing.assert_allclose(value32, value, rtol=1e-5)
+    for path, g in grads[0].items():
+        assert grads32[0][path].dtype == np.float32
+        np.testing.assert_allclose(grads32[0][path], g, rtol=1e-4, atol=1e-6)
