@@ -19,6 +19,7 @@ from .gru_ops import gru_layer, gru_outputs
 from .linear import linear
 from .model import Model, ShapeError, check_features, check_rank, describe
 from .recurrence_ops import lstm_layer, lstm_outputs
+from .rnn_ops import rnn_layer, rnn_outputs
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "Recur", "RNN", "LSTM", "GRU"]
 
@@ -293,8 +294,23 @@ class RNN(_Sequence):
 
     def forward(self, x: Any, h0: Any = None) -> tuple[Any, Any]:
         act = self.nonlinearity
-        out, (h,) = self._run(x, h0, 1, lambda g, s, w, b: (rnn_step(g, s[0], w, b, act),))
-        return out, h
+        fused = "tanh" if act is np.tanh else "relu" if act is relu else None
+        if fused is None:  # a function of the user's: the step-by-step tape
+            out, (h,) = self._run(x, h0, 1, lambda g, s, w, b: (rnn_step(g, s[0], w, b, act),))
+            return out, h
+        # tanh, relu: per layer two primitives (rnn_layer's workspace, rnn_outputs whose rules
+        # are BPTT) instead of several tape operations per step: nnflow.layers.rnn_ops
+        x = self._inputs(x)
+        states = self._initial(x, h0, 1)
+        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
+        for k in range(self.num_layers):
+            w_ih, b_ih, w_hh, b_hh = self._params(k)
+            bias = None if b_ih is None else b_ih + b_hh  # both are added every step
+            args = (inputs, states[k][0], w_ih, w_hh, bias, fused)
+            inputs = rnn_outputs(rnn_layer(*args), *args)  # (T, N, H): h_1..h_T
+            finals.append(inputs[-1])
+        outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
+        return outputs, np.stack(finals)
 
 
 class LSTM(_Sequence):
