@@ -122,9 +122,9 @@ def rnn_layer_backward(dy, ws, x, h0, weight_ih, weight_hh, bias=None, nonlinear
         if nonlinearity == "tanh":  # 1 - h^2
             xp.multiply(h, h, slope)
             xp.subtract(1, slope, slope)
+            xp.multiply(d, slope, d)
         else:  # h > 0
-            xp.greater(h, 0, out=slope, casting="unsafe")
-        xp.multiply(d, slope, d)
+            xp.multiply(d, h > 0, d)
         xp.matmul(w_t, d, out=carry)
     out[steps] = carry
     return out
