@@ -88,9 +88,13 @@ def test_runner_runs_every_workload_on_tiny_shapes(tmp_path):
     assert set(data["results"]) == set(WORKLOADS)
     for name, result in data["results"].items():
         stats = result["summary"]["stats"]
-        assert "numpy-best" in stats and all(s["median"] > 0 for s in stats.values()), name
+        assert all(s["median"] > 0 for s in stats.values()), name
         assert all(v["agree"] for v in result["agreement"].values()), name
-        assert result["systems"]["numpy-best"]["alloc"]["peak"] >= 0
+        if "numpy-best" in WORKLOADS[name].systems():  # not the GRU/RNN: nnflow and torch only
+            assert "numpy-best" in stats, name
+            assert result["systems"]["numpy-best"]["alloc"]["peak"] >= 0
+        else:
+            assert set(stats) == {"nnflow-eager", "nnflow-compiled"}, name
 
 
 def test_agreement_check_catches_a_wrong_gradient():

@@ -139,6 +139,22 @@ WORKLOADS = {
             (Target("nnflow-compiled", "torch", 1.2, "layers issue"),),
         ),
         Workload(
+            "gru",
+            "recurrent",
+            "float32",
+            "GRU BPTT: seq 50, batch 32, 64 -> 128, MSE, parameter gradients, float32",
+            ("torch",),
+            options={"cell": "gru"},
+        ),
+        Workload(
+            "rnn",
+            "recurrent",
+            "float32",
+            "Elman RNN (tanh) BPTT: seq 50, batch 32, 64 -> 128, MSE, parameter gradients",
+            ("torch",),
+            options={"cell": "rnn"},
+        ),
+        Workload(
             "vae",
             "vae",
             "float32",
