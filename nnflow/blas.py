@@ -142,14 +142,31 @@ def _operand(x, size):
     return _TRANS, x.strides[1] // size if cols > 1 else rows
 
 
+def _strided(x, size):
+    """Whether the 2-d ``x`` is a matrix BLAS can read: contiguous rows (or columns) that do
+    not overlap, at positive strides."""
+    rows, cols = x.shape
+    if (x.strides[1] == size or cols == 1) and (rows == 1 or x.strides[0] >= cols * size):
+        return True
+    return (x.strides[0] == size or rows == 1) and (cols == 1 or x.strides[1] >= rows * size)
+
+
 def matmul_into(address, a, b, out, accumulate=False):
     """``out[...] = a @ b`` (``out += a @ b`` with ``accumulate``) by the GEMM at ``address``:
     2-d arrays of one float dtype, ``out`` with contiguous rows, ``a`` and ``b`` each with
-    contiguous rows or contiguous columns (a transposed matrix). The caller checks the
-    layouts; a kernel calls this too."""
+    contiguous rows or contiguous columns (a transposed matrix); a kernel calls this too.
+    Shapes, item sizes and layouts are checked (``ValueError``): BLAS gets raw pointers."""
     m, k = a.shape
     n = b.shape[1]
     size = a.itemsize
+    if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
+        raise ValueError("matmul_into: the shapes of a, b and out do not match")
+    if b.itemsize != size or out.itemsize != size:
+        raise ValueError("matmul_into: a, b and out must have one dtype")
+    if not (_strided(a, size) and _strided(b, size) and _strided(out, size)):
+        raise ValueError("matmul_into: an array has neither contiguous rows nor columns")
+    if out.strides[1] != size and n > 1:
+        raise ValueError("matmul_into: out must have contiguous rows")
     trans_a, lda = _operand(a, size)
     trans_b, ldb = _operand(b, size)
     ldc = out.strides[0] // size if m > 1 else n
@@ -211,4 +228,5 @@ def register_for_kernels() -> None:
         return impl
 
     register_jitable(_operand)
+    register_jitable(_strided)
     register_jitable(matmul_into)

@@ -109,6 +109,30 @@ def _product(address, a, b, out, accumulate):
     blas.matmul_into(address, a, b, out, accumulate)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_numba)])
+def test_matmul_into_refuses_what_blas_cannot_take(compiled):
+    """BLAS gets raw pointers: mismatched shapes, mixed dtypes and layouts with neither
+    contiguous rows nor columns are refused before the call, from Python and from a kernel."""
+    address = _address(np.float64)
+    run = blas.matmul_into
+    if compiled:
+        run = jit.Kernel(_product, cache=False, blas=True).compiled
+    a, b = _operands(np.float64, 4, 3, 2)
+    out = np.zeros((4, 2))
+    wrong = [
+        (a, b[:2], out, "shapes"),
+        (a, b, np.zeros((4, 3)), "shapes"),
+        (a, b.astype(np.float32), out, "one dtype"),
+        (a, b, np.zeros((4, 2), np.float32), "one dtype"),
+        (np.zeros((4, 6))[:, ::2], b, out, "neither contiguous"),
+        (a, b, np.zeros((4, 4))[:, ::2], "neither contiguous"),
+        (a, b, np.zeros((2, 4)).T, "contiguous rows"),
+    ]
+    for left, right, target, message in wrong:
+        with pytest.raises(ValueError, match=message):
+            run(address, left, right, target, False)
+
+
 def test_docstring_examples():
     result = doctest.testmod(blas)
     assert result.attempted > 0 and result.failed == 0
