@@ -222,6 +222,41 @@ def _autograd_loss(p, x, target):
     return anp.mean((anp.stack(outs, axis=1) - target) ** 2)
 
 
+def nnflow_sequence(cfg: Config, system: str, layer_cls, params, x, target) -> Bench:
+    """nnflow's ``layer_cls`` (``LSTM``, ``GRU``, ``RNN``) holding ``params`` (PyTorch's
+    names, ``NAMES``): the MSE of its outputs and the parameter gradients, no update."""
+    from nnflow import losses
+
+    s = cfg.pick(SHAPES)
+    model = layer_cls(s["input"], s["hidden"])
+    for name, p in zip(NAMES, params, strict=True):
+        setattr(model, name, p.copy())
+
+    def loss(model, x, target):
+        return losses.mse(model(x)[0], target)
+
+    paths = {name: (name,) for name in NAMES}
+    compiled = system == "nnflow-compiled"
+    return nnflow_training(cfg, compiled, model, loss, (x, target), paths, update=False)
+
+
+def torch_sequence(cfg: Config, layer_cls, params, x, target) -> Bench:
+    """The same with torch's fused ``layer_cls`` (``torch.nn.LSTM``, ``GRU``, ``RNN``)."""
+    import torch
+
+    s = cfg.pick(SHAPES)
+    model = layer_cls(s["input"], s["hidden"], batch_first=True)
+    with torch.no_grad():
+        for name, p in zip(NAMES, params, strict=True):
+            getattr(model, name).copy_(torch.from_numpy(p))
+
+    def loss_fn(model, x, target):
+        return ((model(x)[0] - target) ** 2).mean()
+
+    names = {name: name for name in NAMES}
+    return torch_training(cfg, model, loss_fn, (x, target), names, update=False)
+
+
 def build(system: str, cfg: Config) -> Bench:
     """One system's loss and gradients (no update)."""
     params, x, target = data(cfg)
@@ -233,34 +268,13 @@ def build(system: str, cfg: Config) -> Bench:
         best = NumpyBest(params, x, target)
         return Bench(best.grad, lambda: _named(*best.grad()))
     if system in ("nnflow-eager", "nnflow-compiled"):
-        from nnflow import losses
         from nnflow.layers import LSTM
 
-        s = cfg.pick(SHAPES)
-        model = LSTM(s["input"], s["hidden"])
-        for name, p in zip(NAMES, params, strict=True):
-            setattr(model, name, p.copy())
-
-        def loss(model, x, target):
-            return losses.mse(model(x)[0], target)
-
-        paths = {name: (name,) for name in NAMES}
-        compiled = system == "nnflow-compiled"
-        return nnflow_training(cfg, compiled, model, loss, (x, target), paths, update=False)
+        return nnflow_sequence(cfg, system, LSTM, params, x, target)
     if system == "torch":
         import torch
 
-        s = cfg.pick(SHAPES)
-        model = torch.nn.LSTM(s["input"], s["hidden"], batch_first=True)
-        with torch.no_grad():
-            for name, p in zip(NAMES, params, strict=True):
-                getattr(model, name).copy_(torch.from_numpy(p))
-
-        def loss_fn(model, x, target):
-            return ((model(x)[0] - target) ** 2).mean()
-
-        names = {name: name for name in NAMES}
-        return torch_training(cfg, model, loss_fn, (x, target), names, update=False)
+        return torch_sequence(cfg, torch.nn.LSTM, params, x, target)
     if system == "jax":
         return jax_training(cfg, _jax_loss, params, (x, target), NAMES, update=False)
     if system == "autograd":

@@ -13,14 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import Bench, Config, uniform
-from .mlp import nnflow_training, torch_training
+from .lstm import NAMES, SHAPES, nnflow_sequence, torch_sequence
 
 SYSTEMS = ("nnflow-eager", "nnflow-compiled", "torch")
-SHAPES = {
-    "full": {"batch": 32, "seq": 50, "input": 64, "hidden": 128},
-    "tiny": {"batch": 2, "seq": 3, "input": 4, "hidden": 5},
-}
-NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+__all__ = ["SHAPES", "NAMES", "SYSTEMS", "build", "data"]  # SHAPES, NAMES: the LSTM's
 GATES = {"gru": 3, "rnn": 1}
 
 
@@ -40,33 +36,14 @@ def build(system: str, cfg: Config) -> Bench:
     """One system's loss and gradients (no update)."""
     cell = cfg.options.get("cell", "gru")
     params, x, target = data(cfg)
-    s = cfg.pick(SHAPES)
     if system in ("nnflow-eager", "nnflow-compiled"):
-        from nnflow import losses
         from nnflow.layers import GRU, RNN
 
-        model = (GRU if cell == "gru" else RNN)(s["input"], s["hidden"])
-        for name, p in zip(NAMES, params, strict=True):
-            setattr(model, name, p.copy())
-
-        def loss(model, x, target):
-            return losses.mse(model(x)[0], target)
-
-        paths = {name: (name,) for name in NAMES}
-        compiled = system == "nnflow-compiled"
-        return nnflow_training(cfg, compiled, model, loss, (x, target), paths, update=False)
+        layer = GRU if cell == "gru" else RNN
+        return nnflow_sequence(cfg, system, layer, params, x, target)
     if system == "torch":
         import torch
 
         layer = torch.nn.GRU if cell == "gru" else torch.nn.RNN
-        model = layer(s["input"], s["hidden"], batch_first=True)
-        with torch.no_grad():
-            for name, p in zip(NAMES, params, strict=True):
-                getattr(model, name).copy_(torch.from_numpy(p))
-
-        def loss_fn(model, x, target):
-            return ((model(x)[0] - target) ** 2).mean()
-
-        names = {name: name for name in NAMES}
-        return torch_training(cfg, model, loss_fn, (x, target), names, update=False)
+        return torch_sequence(cfg, layer, params, x, target)
     raise ValueError(f"{cell}: unknown system {system!r} (known: {', '.join(SYSTEMS)})")

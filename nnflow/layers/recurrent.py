@@ -268,6 +268,19 @@ class _Sequence(Model):
         final = tuple(np.stack([f[i] for f in finals]) for i in range(count))
         return outputs, final
 
+    def _fused(self, x, state, count, layer):
+        """Run every layer through its fused primitives (the layer modules' ``*_ops``):
+        ``layer(inputs (T, N, I), state, w_ih, b_ih, w_hh, b_hh)`` returns the layer's outputs
+        ``(T, N, H)`` and its final ``count`` states; outputs ``(N, T, H)`` and final states."""
+        x = self._inputs(x)
+        states = self._initial(x, state, count)
+        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
+        for k in range(self.num_layers):
+            inputs, final = layer(inputs, states[k], *self._params(k))
+            finals.append(final)
+        outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
+        return outputs, tuple(np.stack([f[i] for f in finals]) for i in range(count))
+
     def extra_repr(self) -> str:
         text = f"{self.input_size} => {self.hidden_size}"
         return text + (f", num_layers={self.num_layers}" if self.num_layers > 1 else "")
@@ -298,19 +311,17 @@ class RNN(_Sequence):
         if fused is None:  # a function of the user's: the step-by-step tape
             out, (h,) = self._run(x, h0, 1, lambda g, s, w, b: (rnn_step(g, s[0], w, b, act),))
             return out, h
+
         # tanh, relu: per layer two primitives (rnn_layer's workspace, rnn_outputs whose rules
         # are BPTT) instead of several tape operations per step: nnflow.layers.rnn_ops
-        x = self._inputs(x)
-        states = self._initial(x, h0, 1)
-        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
-        for k in range(self.num_layers):
-            w_ih, b_ih, w_hh, b_hh = self._params(k)
+        def layer(inputs, state, w_ih, b_ih, w_hh, b_hh):
             bias = None if b_ih is None else b_ih + b_hh  # both are added every step
-            args = (inputs, states[k][0], w_ih, w_hh, bias, fused)
-            inputs = rnn_outputs(rnn_layer(*args), *args)  # (T, N, H): h_1..h_T
-            finals.append(inputs[-1])
-        outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
-        return outputs, np.stack(finals)
+            args = (inputs, state[0], w_ih, w_hh, bias, fused)
+            out = rnn_outputs(rnn_layer(*args), *args)  # (T, N, H): h_1..h_T
+            return out, (out[-1],)
+
+        out, (h,) = self._fused(x, h0, 1, layer)
+        return out, h
 
 
 class LSTM(_Sequence):
@@ -333,19 +344,13 @@ class LSTM(_Sequence):
         # per layer, the forward pass as one primitive (lstm_layer, its workspace) and the
         # outputs read from it (lstm_outputs, whose rules are BPTT): per-step recording would
         # cost ~15 tape operations per step (see recurrence_ops)
-        x = self._inputs(x)
-        states = self._initial(x, state, 2)
-        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
-        for k in range(self.num_layers):
-            w_ih, b_ih, w_hh, b_hh = self._params(k)
+        def layer(inputs, state, w_ih, b_ih, w_hh, b_hh):
             bias = None if b_ih is None else b_ih + b_hh  # both are added every step
-            args = (inputs, *states[k], w_ih, w_hh, bias)
+            args = (inputs, *state, w_ih, w_hh, bias)
             out = lstm_outputs(lstm_layer(*args), *args)  # (T + 1, N, H): h_1..h_T, c_T
-            inputs = out[:-1]  # (T, N, H)
-            finals.append((out[-2], out[-1]))
-        outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
-        h_n, c_n = (np.stack([f[j] for f in finals]) for j in (0, 1))
-        return outputs, (h_n, c_n)
+            return out[:-1], (out[-2], out[-1])
+
+        return self._fused(x, state, 2, layer)
 
 
 class GRU(_Sequence):
@@ -366,13 +371,10 @@ class GRU(_Sequence):
     def forward(self, x: Any, h0: Any = None) -> tuple[Any, Any]:
         # per layer, two primitives (gru_layer's workspace, gru_outputs whose rules are BPTT)
         # instead of ~25 tape operations per step: nnflow.layers.gru_ops
-        x = self._inputs(x)
-        states = self._initial(x, h0, 1)
-        inputs, finals = np.swapaxes(x, 0, 1), []  # time first
-        for k in range(self.num_layers):
-            w_ih, b_ih, w_hh, b_hh = self._params(k)
-            args = (inputs, states[k][0], w_ih, w_hh, b_ih, b_hh)
-            inputs = gru_outputs(gru_layer(*args), *args)  # (T, N, H): h_1..h_T
-            finals.append(inputs[-1])
-        outputs = np.swapaxes(inputs, 0, 1) if self.batch_first else inputs
-        return outputs, np.stack(finals)
+        def layer(inputs, state, w_ih, b_ih, w_hh, b_hh):
+            args = (inputs, state[0], w_ih, w_hh, b_ih, b_hh)
+            out = gru_outputs(gru_layer(*args), *args)  # (T, N, H): h_1..h_T
+            return out, (out[-1],)
+
+        out, (h,) = self._fused(x, h0, 1, layer)
+        return out, h
