@@ -194,7 +194,7 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dc[...] = xp.transpose(dy[steps])
     c0_t = xp.transpose(c0)
     loop, gemm = BACKWARD_STEPS.get(dyh, ws, weight_hh), gemm_address(dtype)
-    if loop is not None and gemm is not None:  # every step, GEMMs included, in one call
+    if loop is not None and gemm is not None and steps:  # every step, GEMMs included, one call
         w_t = np.ascontiguousarray(weight_hh, dtype).T  # BLAS: one dtype, rows or columns
         loop(gemm, dyh, dc, ws, k, np.ascontiguousarray(c0_t), dz, w_t, dw)
     else:

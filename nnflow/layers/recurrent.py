@@ -229,6 +229,8 @@ class _Sequence(Model):
     def _inputs(self, x):
         check_rank(self, x, (3,), "(N, T, input_size)" if self.batch_first else "(T, N, I)")
         check_features(self, x, self.input_size)
+        if np.shape(x)[1 if self.batch_first else 0] == 0:  # as PyTorch: no empty sequences
+            raise ShapeError(self, f"expected at least one time step, got {describe(x)}")
         return x if self.batch_first else np.swapaxes(x, 0, 1)
 
     def _initial(self, x, state, count):

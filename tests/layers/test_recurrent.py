@@ -230,6 +230,9 @@ def test_sequence_time_first_float32_and_errors():
         GRU(3, 4)(rand(2, 5, 3, dtype=np.float32), rand(2, 4, dtype=np.float32))
     with pytest.raises(ValueError, match="num_layers"):
         RNN(3, 4, num_layers=0)
+    for layer in (LSTM(3, 4), GRU(3, 4), RNN(3, 4), LSTM(3, 4, batch_first=False)):
+        with pytest.raises(ShapeError, match=r"expected at least one time step, got float32\["):
+            layer(np.zeros((2, 0, 3) if layer.batch_first else (0, 2, 3), np.float32))
 
 
 # -- the fused LSTM primitives (recurrence_ops) ---------------------------------------------------
