@@ -155,7 +155,14 @@ def matmul_into(address, a, b, out, accumulate=False):
     """``out[...] = a @ b`` (``out += a @ b`` with ``accumulate``) by the GEMM at ``address``:
     2-d arrays of one float dtype, ``out`` with contiguous rows, ``a`` and ``b`` each with
     contiguous rows or contiguous columns (a transposed matrix); a kernel calls this too.
-    Shapes, item sizes and layouts are checked (``ValueError``): BLAS gets raw pointers."""
+    Shapes, item sizes and layouts are checked (``ValueError``): BLAS gets raw pointers.
+
+    >>> a, out = np.arange(4.0).reshape(2, 2), np.ones((2, 2))
+    >>> address = gemm_address(np.float64)
+    >>> if address is not None:
+    ...     matmul_into(address, a.T, np.eye(2), out, accumulate=True)  # out += a^T
+    ...     assert out.tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    """
     m, k = a.shape
     n = b.shape[1]
     size = a.itemsize
@@ -179,7 +186,12 @@ def matmul_into(address, a, b, out, accumulate=False):
 def register_for_kernels() -> None:
     """Teach Numba :func:`gemm_call` (an indirect call through the address, so kernels that
     use it keep Numba's disk cache: the address is an argument, not a constant) and
-    :func:`matmul_into`. Called by :class:`nnflow.jit.Kernel` for kernels with ``blas=True``."""
+    :func:`matmul_into`. Called by :class:`nnflow.jit.Kernel` for kernels with ``blas=True``;
+    needs Numba.
+
+    >>> from nnflow import jit
+    >>> register_for_kernels() if jit.numba_available() else None
+    """
     from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic, overload, register_jitable

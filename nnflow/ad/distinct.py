@@ -30,7 +30,13 @@ _MAX_WORK = 10_000  # np.shares_memory's budget; past it, count the pair as over
 def distinct_gradients(grads: list) -> list:
     """``grads`` (``None``, floats, arrays, ``{path: array}`` dicts) with each array that
     shares memory with an earlier one replaced by a copy; the list and dicts are changed in
-    place and returned. Non-array leaves (tracers, floats) are left alone."""
+    place and returned. Non-array leaves (tracers, floats) are left alone.
+
+    >>> w = np.zeros((2, 3))
+    >>> out = distinct_gradients([{"a": w[:, :2], "b": w[:, 1:]}, 1.5])  # overlapping columns
+    >>> out[0]["a"].base is w, out[0]["b"].base is None, out[1]
+    (True, True, 1.5)
+    """
     places = []  # (container, key, array) of every array leaf, in order
     for i, g in enumerate(grads):
         if type(g) is dict:
