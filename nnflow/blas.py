@@ -170,6 +170,12 @@ def matmul_into(address, a, b, out, accumulate=False):
         raise ValueError("matmul_into: the shapes of a, b and out do not match")
     if b.itemsize != size or out.itemsize != size:
         raise ValueError("matmul_into: a, b and out must have one dtype")
+    if m == 0 or n == 0:
+        return
+    if k == 0:  # an empty sum (BLAS would reject the leading dimension 0)
+        if not accumulate:
+            out[:, :] = 0
+        return
     if not (_strided(a, size) and _strided(b, size) and _strided(out, size)):
         raise ValueError("matmul_into: an array has neither contiguous rows nor columns")
     if out.strides[1] != size and n > 1:

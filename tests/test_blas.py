@@ -133,6 +133,23 @@ def test_matmul_into_refuses_what_blas_cannot_take(compiled):
             run(address, left, right, target, False)
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_numba)])
+def test_empty_products(compiled):
+    """No rows or columns: nothing to write; an empty inner dimension: zeros (or out as it
+    was, accumulating). BLAS itself rejects a leading dimension of 0."""
+    address = _address(np.float64)
+    run = blas.matmul_into
+    if compiled:
+        run = jit.Kernel(_product, cache=False, blas=True).compiled
+    run(address, np.zeros((0, 3)), np.ones((3, 2)), np.zeros((0, 2)), False)
+    run(address, np.ones((2, 3)), np.ones((3, 0)), np.zeros((2, 0)), False)
+    out = np.full((2, 2), 7.0)
+    run(address, np.ones((2, 0)), np.ones((0, 2)), out, True)
+    assert out.tolist() == [[7.0, 7.0], [7.0, 7.0]]
+    run(address, np.ones((2, 0)), np.ones((0, 2)), out, False)
+    assert out.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
 def test_docstring_examples():
     result = doctest.testmod(blas)
     assert result.attempted > 0 and result.failed == 0

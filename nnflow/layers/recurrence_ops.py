@@ -185,8 +185,11 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
     dtype = ws.dtype
     out = xp.empty((steps + 1 + _blocks(k, n), 4 * hidden, n), dtype=dtype)
     tail = out[steps + 1 :].reshape(-1)
-    tail[4 * hidden * k :] = 0
-    dw = tail[: 4 * hidden * k].reshape(4 * hidden, k)
+    if n:
+        tail[4 * hidden * k :] = 0
+        dw = tail[: 4 * hidden * k].reshape(4 * hidden, k)
+    else:  # an empty batch: no blocks hold its (zero) weight gradient
+        dw = xp.zeros((4 * hidden, k), dtype=dtype)
     dz = out[:steps]  # each step's block contiguous: the GEMM of the next step reads it
     dyh = xp.empty((steps, hidden, n), dtype=dtype)
     dyh[...] = xp.transpose(dy[:steps], (0, 2, 1))
@@ -210,8 +213,9 @@ def lstm_layer_backward(dy, ws, x, h0, c0, weight_ih, weight_hh, bias=None):
 
 
 def _blocks(k, n):
-    """How many ``(4H, N)`` blocks hold the ``(4H, K)`` weight gradient."""
-    return -(-k // n)
+    """How many ``(4H, N)`` blocks hold the ``(4H, K)`` weight gradient (none for an empty
+    batch, whose weight gradient is zero: :func:`_weight_grads`)."""
+    return -(-k // n) if n else 0
 
 
 def _backward_numpy(xp, dyh, dc, ws, c0_t, weight_hh, dz, k):
@@ -283,6 +287,8 @@ def _dz(*args):
 def _weight_grads(*args):
     """``[dW_hh | dW_ih | db]`` ``(4H, K)``: a view of the backward's last blocks."""
     steps, n, inputs, hidden, k = _sizes(args[2], args[6])
+    if n == 0:  # an empty batch: nothing to sum (and no blocks to hold it)
+        return np.zeros((4 * hidden, k), dtype=args[1].dtype)
     tail = np.reshape(_backward(args)[steps + 1 :], (-1,))
     return np.reshape(tail[: 4 * hidden * k], (4 * hidden, k))
 

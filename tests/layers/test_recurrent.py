@@ -424,3 +424,22 @@ def test_rnn_with_a_function_of_its_own_steps_through_cells_and_agrees():
     step(fused, x)
     for path, g in step(fused, x)[1][0].items():
         np.testing.assert_allclose(g, grads[0][path], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("layer_cls", [RNN, LSTM, GRU])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(layer_cls):
+    """Batch 0 (no sequences, 5 steps): outputs (0, 5, H) and every parameter's gradient zero,
+    of its shape, eager and compiled (the LSTM's backward has no blocks to hold it then)."""
+    layer = layer_cls(3, 4, rng=0)
+    x = np.zeros((0, 5, 3), np.float32)
+
+    def loss(m, x):
+        return np.sum(m(x)[0])
+
+    assert layer(x)[0].shape == (0, 5, 4)
+    step = ad.compile_grad(loss, wrt=(0,))
+    step(layer, x)
+    for value, grads in (ad.grad(loss, layer, x), step(layer, x)):
+        assert float(value) == 0.0
+        for path, g in grads[0].items():
+            assert g.shape == getattr(layer, path[0]).shape and not np.any(g), path
