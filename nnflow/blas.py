@@ -17,7 +17,7 @@ OpenBLAS) has no such library: :func:`gemm_address` answers ``None`` and the cal
 Python loops, which compute the same values.
 
 Numba's disk cache keys a kernel on its own source file: after editing this module, delete
-the cached kernels that call it (``nnflow/layers/__pycache__/lstm_kernels.*.nb[ic]``), or
+the cached kernels that call it (``nnflow/layers/__pycache__/*_kernels.*.nb[ic]``), or
 they keep the old code. (An installed release brings new files, so new cache keys.)
 
 >>> import numpy as np

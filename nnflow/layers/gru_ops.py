@@ -41,6 +41,8 @@ import numpy as np
 from .. import ad
 from ..ad.rules import Case, register_cases
 from ..backend import get_array_module
+from ..blas import gemm_address
+from .gru_kernels import GRU_BACKWARD_STEPS, GRU_FORWARD_F32
 from .recurrence_memo import once
 
 __all__ = ["gru_layer", "gru_outputs", "gru_layer_backward"]
@@ -93,6 +95,10 @@ def gru_layer(*arrays):
     xp.matmul(weight_ih, xp.transpose(x, (0, 2, 1)), out=ws[:steps, gx:])  # all steps' gx
     if bias_ih is not None:
         ws[:steps, gx:] += xp.reshape(bias_ih, (-1, 1)).astype(dtype, copy=False)
+    loop = GRU_FORWARD_F32.get(ws) if dtype == np.float32 else None
+    if loop is not None and (gemm := gemm_address(dtype)) is not None:
+        loop(gemm, w, ws, hidden, dtype.type(0.5))  # every step, GEMMs included, one call
+        return ws
     tmp = xp.empty((hidden, n), dtype=dtype)
     matmul, tanh, multiply, add, subtract = xp.matmul, xp.tanh, xp.multiply, xp.add, xp.subtract
     for t in range(steps):
@@ -138,6 +144,10 @@ def gru_layer_backward(dy, ws, x, h0, weight_ih, weight_hh, bias_ih=None, bias_h
     out = xp.zeros((steps + 1, 3 * hidden, n), dtype=dtype)
     dyh = xp.empty((steps, hidden, n), dtype=dtype)
     dyh[...] = xp.transpose(dy, (0, 2, 1))
+    loop, gemm = GRU_BACKWARD_STEPS.get(dyh, ws, weight_hh), gemm_address(dtype)
+    if loop is not None and gemm is not None:  # every step, GEMMs included, one call
+        loop(gemm, dyh, ws, hidden, out, np.ascontiguousarray(weight_hh, dtype).T)
+        return out
     carry = xp.zeros((hidden, n), dtype=dtype)  # d h_t from the later steps
     dh, a, b = (xp.empty((hidden, n), dtype=dtype) for _ in range(3))
     dgh = xp.empty((3 * hidden, n), dtype=dtype)
