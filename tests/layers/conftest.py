@@ -34,3 +34,22 @@ def check_model_grads(model, *inputs, wrt_inputs=True, **kw):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def count_kernel_calls(monkeypatch, module, names):
+    """Replace the ``nnflow.jit.Kernel`` objects ``names`` of ``module`` with counting
+    wrappers (the compiled kernel, when it would run): the counts, by name."""
+    from nnflow import jit
+
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(module, name)
+
+        def counting(*a, compiled=real.compiled, name=name):
+            calls[name] += 1
+            return compiled(*a)
+
+        fake = jit.Kernel(real.fn)
+        monkeypatch.setattr(fake, "get", lambda *arrays, r=real, f=counting: r.get(*arrays) and f)
+        monkeypatch.setattr(module, name, fake)
+    return calls

@@ -12,6 +12,7 @@ import doctest
 
 import numpy as np
 import pytest
+from conftest import count_kernel_calls
 
 from nnflow import blas, jit
 from nnflow.layers import gru_kernels, gru_ops
@@ -53,17 +54,7 @@ def test_kernels_and_numpy_loops_agree(monkeypatch, dtype):
 
 @pytest.mark.parametrize("dtype, forward", [(np.float64, 0), (np.float32, 1)])
 def test_each_kernel_runs_once_per_call(monkeypatch, dtype, forward):
-    calls = {"GRU_FORWARD_F32": 0, "GRU_BACKWARD_STEPS": 0}
-    for name in calls:
-        real = getattr(gru_ops, name)
-
-        def counting(*a, compiled=real.compiled, name=name):
-            calls[name] += 1
-            return compiled(*a)
-
-        fake = jit.Kernel(real.fn)
-        monkeypatch.setattr(fake, "get", lambda *arrays, r=real, f=counting: r.get(*arrays) and f)
-        monkeypatch.setattr(gru_ops, name, fake)
+    calls = count_kernel_calls(monkeypatch, gru_ops, ("GRU_FORWARD_F32", "GRU_BACKWARD_STEPS"))
     _run(monkeypatch, "1", *_args(dtype))
     assert calls == {"GRU_FORWARD_F32": forward, "GRU_BACKWARD_STEPS": 1}
     monkeypatch.setattr(gru_ops, "gemm_address", lambda dtype: None)  # no BLAS: NumPy loops

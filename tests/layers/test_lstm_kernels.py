@@ -13,6 +13,7 @@ import doctest
 
 import numpy as np
 import pytest
+from conftest import count_kernel_calls
 
 from nnflow import ad, blas, jit
 from nnflow.layers import LSTM, lstm_kernels, recurrence_ops
@@ -114,22 +115,6 @@ def test_layer_gradients_by_finite_differences_on_each_path(monkeypatch, flag):
     ad.gradcheck(loss, lstm, x, h0, c0)
 
 
-def _count_kernel_calls(monkeypatch, names):
-    """Replace the kernels ``names`` of recurrence_ops with counting wrappers: the counts."""
-    calls = dict.fromkeys(names, 0)
-    for name in names:
-        real = getattr(recurrence_ops, name)
-
-        def counting(*a, compiled=real.compiled, name=name):
-            calls[name] += 1
-            return compiled(*a)
-
-        fake = jit.Kernel(real.fn)
-        monkeypatch.setattr(fake, "get", lambda *arrays, r=real, f=counting: r.get(*arrays) and f)
-        monkeypatch.setattr(recurrence_ops, name, fake)
-    return calls
-
-
 _KERNELS = ("GATES_FORWARD", "STEP_FORWARD_F32", "FORWARD_F32", "GATES_BACKWARD",
             "BACKWARD_STEPS")  # fmt: skip
 
@@ -142,7 +127,7 @@ def test_the_loop_kernels_run_when_numpy_blas_is_reachable(monkeypatch, dtype):
     loops in Python over the gate kernel (its tanh is NumPy's)."""
     if blas.gemm_address(dtype) is None:
         pytest.skip("this NumPy bundles no BLAS that nnflow.blas knows (see its docstring)")
-    calls = _count_kernel_calls(monkeypatch, _KERNELS)
+    calls = count_kernel_calls(monkeypatch, recurrence_ops, _KERNELS)
     args, dy = _args(steps=7, dtype=dtype)
     _run(monkeypatch, "1", args, dy.astype(dtype))
     forward = {"FORWARD_F32": 1} if dtype == np.float32 else {"GATES_FORWARD": 7}
@@ -157,7 +142,7 @@ def test_the_step_kernels_run_without_numpy_blas(monkeypatch, dtype, forward):
     """Without NumPy's BLAS address the loops stay in Python and call the step kernels (once
     per step): float32 the whole forward step after the GEMM, float64 the gate arithmetic."""
     monkeypatch.setattr(recurrence_ops, "gemm_address", lambda dtype: None)
-    calls = _count_kernel_calls(monkeypatch, _KERNELS)
+    calls = count_kernel_calls(monkeypatch, recurrence_ops, _KERNELS)
     args, dy = _args(steps=7, dtype=dtype)
     _run(monkeypatch, "1", args, dy.astype(dtype))
     assert calls == {**dict.fromkeys(_KERNELS, 0), forward: 7, "GATES_BACKWARD": 7}
