@@ -198,7 +198,11 @@ def _dgx(args):
 
 def _dgh(args):
     """The hidden pre-activations' cotangents ``(T, 3H, N)``: ``dgx`` with its ``n`` rows
-    times ``r``."""
+    times ``r`` (once per node for the two rules that use it)."""
+    return once("gru-dgh", _hidden_cotangents, args)
+
+
+def _hidden_cotangents(*args):
     ws, hidden = args[1], np.shape(args[5])[1]
     dgx = _dgx(args)
     steps = np.shape(dgx)[0]

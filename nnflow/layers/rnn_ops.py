@@ -149,7 +149,12 @@ def _rule(name):
 
 def _weights(back, args):
     """``[dW_hh | dW_ih | db]`` ``(H, K)``: the pre-activations' cotangents times the steps'
-    operands ``[h_{t-1}; x_t; 1]``, read from the workspace."""
+    operands ``[h_{t-1}; x_t; 1]``, read from the workspace (once per node for the two weight
+    rules)."""
+    return once("rnn-weights", lambda *args: _weight_product(back, args), args)
+
+
+def _weight_product(back, args):
     steps = np.shape(args[2])[0]
     return np.tensordot(back[:steps], args[1][:steps], axes=([0, 2], [0, 2]))
 

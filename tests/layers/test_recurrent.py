@@ -303,26 +303,29 @@ def test_lstm_layer_second_order_and_float32_agrees_with_float64():
         np.testing.assert_allclose(g32[0][path], g, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_eager_backward_runs_once_per_node_and_frees_its_memo(monkeypatch, kind):
-    """``ad.grad`` asks one rule per parameter; the BPTT loop must run once for all of them,
-    and nothing it computed may outlive the call (the memo dies with the workspace)."""
+    """``ad.grad`` asks one rule per parameter; the BPTT loop, and a product two rules share
+    (the GRU's hidden cotangents, the RNN's weight product), must run once for all of them,
+    and nothing they computed may outlive the call (the memo dies with the workspace)."""
     import gc
 
-    from nnflow.layers import gru_ops, recurrence_memo, recurrence_ops
+    from nnflow.layers import gru_ops, recurrence_memo, recurrence_ops, rnn_ops
 
-    module, name, layer = {
-        "LSTM": (recurrence_ops, "lstm_layer_backward", LSTM),
-        "GRU": (gru_ops, "gru_layer_backward", GRU),
+    module, names, layer = {
+        "LSTM": (recurrence_ops, ("lstm_layer_backward",), LSTM),
+        "GRU": (gru_ops, ("gru_layer_backward", "_hidden_cotangents"), GRU),
+        "RNN": (rnn_ops, ("rnn_layer_backward", "_weight_product"), RNN),
     }[kind]
     calls = []
-    loop = getattr(module, name)
+    for name in names:
+        original = getattr(module, name)
 
-    def counting(*args):
-        calls.append(1)
-        return loop(*args)
+        def counting(*args, original=original, name=name):
+            calls.append(name)
+            return original(*args)
 
-    monkeypatch.setattr(module, name, counting)
+        monkeypatch.setattr(module, name, counting)
     m = layer(3, 4, rng=np.random.default_rng(0))
     x = rand(2, 5, 3, seed=1)
 
@@ -331,7 +334,7 @@ def test_eager_backward_runs_once_per_node_and_frees_its_memo(monkeypatch, kind)
         return np.sum(out**2)
 
     _, grads = ad.grad(loss, m)
-    assert len(calls) == 1  # weight_ih, weight_hh, bias_ih, bias_hh share one loop
+    assert sorted(calls) == sorted(names)  # weight_ih, weight_hh, bias_ih, bias_hh share them
     names = {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"}
     assert {path[0] for path in grads[0]} >= names
     del grads
